@@ -1,0 +1,60 @@
+"""Entry point of torch-engine stages: ``minispec stage NAME [VARIANT]`` as written in dvc.yaml.
+
+DVC runs each stage command in the directory of ``dvc.yaml``; the stage reads the resolved spec
+from ``params.yaml`` there (the same file DVC tracks params in, so ``dvc exp run -S`` works) and
+writes the paths named in :mod:`minispec.layout`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+from minispec.errors import NotBuiltError, StageError
+
+# stage name → "module:function"; each function is ``run(spec, variant, root) -> None``.
+STEPS: dict[str, str] = {
+    "data": "minispec.engines.torch.data:run",
+    "tokenize": "minispec.engines.torch.tokenize:run",
+    "import": "minispec.engines.torch.importer:run",
+    "finetune": "minispec.engines.torch.train:run_finetune",
+    "importance": "minispec.engines.torch.importance:run",
+    "prune": "minispec.engines.torch.prune:run",
+    "distill": "minispec.engines.torch.train:run_distill",
+    "evaluate": "minispec.engines.torch.evaluate:run",
+    "report": "minispec.report:run_stage",
+    "export": "minispec.engines.torch.export:run",
+}
+VARIANT_STEPS = {"prune", "distill", "export"}
+
+
+def load_params(root: Path, params_file: str = "params.yaml"):
+    """The resolved spec the compiler wrote to ``params.yaml``."""
+    from minispec.spec.load import read_document
+    from minispec.spec.model import Spec
+
+    path = root / params_file
+    if not path.exists():
+        raise StageError(f"{path} not found", hint="stages run from the directory of the compiled dvc.yaml; run `minispec compile` first")
+    raw, _ = read_document(path)
+    return Spec.model_validate(raw)
+
+
+def run_stage(name: str, variant: str | None, root: Path, params_file: str = "params.yaml") -> None:
+    if name not in STEPS:
+        raise StageError(f"unknown stage '{name}'", hint=f"stages: {', '.join(STEPS)}")
+    if (name in VARIANT_STEPS) != (variant is not None):
+        need = "needs a variant name" if name in VARIANT_STEPS else "takes no variant"
+        raise StageError(f"stage '{name}' {need}")
+    module_name, func_name = STEPS[name].split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.startswith("minispec"):
+            raise NotBuiltError(f"the torch engine has no '{name}' stage yet ({module_name} is missing)") from None
+        raise
+    func = getattr(module, func_name, None)
+    if func is None:
+        raise NotBuiltError(f"the torch engine has no '{name}' stage yet ({module_name}.{func_name} is missing)")
+    spec = load_params(root, params_file)
+    func(spec, variant, root)

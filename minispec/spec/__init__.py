@@ -1,0 +1,1 @@
+"""The compression spec: models, loading with positions, linting."""

