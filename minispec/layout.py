@@ -82,3 +82,35 @@ def final_model_dir(spec, variant: str) -> str:
 def working_teacher_dir(spec) -> str:
     """The teacher that pruning and distillation start from: corrected when finetune is set."""
     return CORRECTED_TEACHER_DIR if spec.finetune is not None else TEACHER_DIR
+
+
+# ---- training logs (both engines write these; reports and DVC plots read them) --------------
+#
+# A training stage (finetune, distill@<variant>) writes, under log_dir(stage):
+#   plots/metrics/train/loss.tsv   DVCLive's format: tab-separated `timestamp  step  loss`
+#   plots/metrics/val/loss.tsv     the same for validation loss
+#   (further DVCLive series: train/lr, train/tokens_per_second, train/kd_loss, train/ce_loss...)
+#   tb/                            TensorBoard event files (tags train/loss, val/loss, ...)
+# and metrics_path(stage), a JSON object with at least:
+#   steps, tokens, initial_val_loss, final_val_loss, final_train_loss, tokens_per_second
+
+
+def train_curve_path(stage: str) -> str:
+    return f"{log_dir(stage)}/plots/metrics/train/loss.tsv"
+
+
+def val_curve_path(stage: str) -> str:
+    return f"{log_dir(stage)}/plots/metrics/val/loss.tsv"
+
+
+def tensorboard_dir(stage: str) -> str:
+    return f"{log_dir(stage)}/tb"
+
+
+# ---- evaluation -----------------------------------------------------------------------------
+#
+# metrics_path("evaluate") holds one entry per model, all measured by the same code:
+#   {"teacher": M, "teacher_corrected": M (when finetune ran), "students": {"<variant>": M, ...}}
+# where M = {"params_total", "params_non_embedding", "<split>_loss", "<split>_perplexity" for each
+# evaluated split, "tokens_per_second", "latency_seconds", "tokens_evaluated": {"<split>": n}}.
+EVALUATE_TABLE = f"{METRICS_DIR}/evaluate.md"

