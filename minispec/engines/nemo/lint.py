@@ -212,7 +212,7 @@ def flavor_legacy(loaded) -> Iterator[Problem]:
         return
     if spec.exported:
         yield loaded.locate(
-            ("export",),
+            ("nemo", "flavor"),
             "flavor legacy cannot export students to Hugging Face (NeMo 1's converter rebuilds the teacher's architecture)",
             hint="set export.students: [] or use nemo.flavor: nemo2",
         )
