@@ -157,7 +157,9 @@ def prune_nemo2(spec: Spec, variant: str) -> list[Command]:
     resources = spec.resources
     scratch = f"{layout.nemo_run_dir(stage)}/pruned"
     explicit = isinstance(prune, DepthPrune) and prune.drop_layers is not None
-    tp, pp = (resources.tensor_parallel, resources.pipeline_parallel) if explicit else (1, _world(spec))
+    tp, pp = (
+        (resources.tensor_parallel, resources.pipeline_parallel) if explicit else (1, _world(spec))
+    )
     program = [
         "python", _nemo(spec, GPT_PRUNE),
         "--devices", str(resources.devices),
@@ -187,7 +189,12 @@ def _prune_targets(prune: DepthPrune | WidthPrune) -> list[str]:
     if isinstance(prune, DepthPrune):
         return ["--target_num_layers", str(prune.target_num_layers)]
     flags = []
-    for name in ("target_ffn_hidden_size", "target_hidden_size", "target_num_attention_heads", "target_num_query_groups"):
+    for name in (
+        "target_ffn_hidden_size",
+        "target_hidden_size",
+        "target_num_attention_heads",
+        "target_num_query_groups",
+    ):
         size = getattr(prune, name)
         if size is not None:
             flags += [f"--{name}", str(size)]
@@ -294,10 +301,11 @@ def finetune_legacy(spec: Spec) -> list[Command]:
             hint="use a local Hugging Face directory as teacher.source, or nemo.flavor: nemo2",
         )
     stage = "finetune"
-    resources = spec.resources
     overrides = [
-        "--config-path", _nemo(spec, LEGACY_CONF_DIR),
-        "--config-name", LEGACY_TRAIN_CONFIG,
+        "--config-path",
+        _nemo(spec, LEGACY_CONF_DIR),
+        "--config-name",
+        LEGACY_TRAIN_CONFIG,
         hydra.override("name", _run_name(stage)),
         *_legacy_exp_manager(stage),
         hydra.override("exp_manager.checkpoint_callback_params.save_nemo_on_train_end", True),
@@ -305,7 +313,8 @@ def finetune_legacy(spec: Spec) -> list[Command]:
         "model.data.data_prefix=" + hydra.mapping(_legacy_data_prefix()),
         hydra.override("model.restore_from_path", _legacy_model(spec, layout.TEACHER_DIR)),
         hydra.override("model.tokenizer", None, "~"),
-        "+model.tokenizer=" + hydra.mapping({"library": "huggingface", "type": tokenizer_name(spec), "use_fast": True}),
+        "+model.tokenizer="
+        + hydra.mapping({"library": "huggingface", "type": tokenizer_name(spec), "use_fast": True}),
         *_legacy_parallel_and_batch(spec, spec.finetune),
         hydra.override("model.encoder_seq_length", spec.data.seq_length),
         hydra.override("model.data.seq_length", spec.data.seq_length),
@@ -379,7 +388,11 @@ def _legacy_prune_targets(prune: DepthPrune | WidthPrune) -> list[str]:
         "target_num_attention_heads": "prune.num_attention_heads",
         "target_num_query_groups": "prune.num_query_groups",
     }
-    return [hydra.override(key, getattr(prune, name)) for name, key in keys.items() if getattr(prune, name) is not None]
+    return [
+        hydra.override(key, getattr(prune, name))
+        for name, key in keys.items()
+        if getattr(prune, name) is not None
+    ]
 
 
 def distill_legacy(spec: Spec, variant: str) -> list[Command]:
@@ -393,7 +406,10 @@ def distill_legacy(spec: Spec, variant: str) -> list[Command]:
         *_legacy_trainer(spec, spec.distill),
         "model.data.data_prefix=" + hydra.mapping(_legacy_data_prefix()),
         hydra.override("model.restore_from_path", _legacy_model(spec, layout.pruned_dir(variant))),
-        hydra.override("model.kd_teacher_restore_from_path", _legacy_model(spec, layout.working_teacher_dir(spec))),
+        hydra.override(
+            "model.kd_teacher_restore_from_path",
+            _legacy_model(spec, layout.working_teacher_dir(spec)),
+        ),
         hydra.override("model.nemo_path", scratch),
         *_legacy_parallel_and_batch(spec, spec.distill),
         hydra.override("model.encoder_seq_length", spec.data.seq_length),
@@ -459,7 +475,9 @@ def _legacy_parallel_and_batch(spec: Spec, schedule) -> list[str]:
     resources = spec.resources
     overrides = [hydra.override("model.tensor_model_parallel_size", resources.tensor_parallel)]
     if resources.pipeline_parallel != 1:
-        overrides.append(hydra.override("model.pipeline_model_parallel_size", resources.pipeline_parallel))
+        overrides.append(
+            hydra.override("model.pipeline_model_parallel_size", resources.pipeline_parallel)
+        )
     overrides += [
         hydra.override("model.sequence_parallel", resources.tensor_parallel > 1),
         hydra.override("model.micro_batch_size", schedule.micro_batch_size),

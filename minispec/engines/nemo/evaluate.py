@@ -54,7 +54,9 @@ def build_mirror(spec, root: Path, export: Callable[[Path, Path], object]) -> Pa
     return mirror
 
 
-def run_nemo2(root: Path, params_file: str = layout.PARAMS_FILE, export: Callable | None = None) -> None:
+def run_nemo2(
+    root: Path, params_file: str = layout.PARAMS_FILE, export: Callable | None = None
+) -> None:
     from minispec.engines.torch.stages import load_params, run_stage
 
     if export is None:
@@ -77,7 +79,14 @@ def run_nemo2(root: Path, params_file: str = layout.PARAMS_FILE, export: Callabl
 def _from_training(root: Path, stage: str) -> dict:
     metrics_file = root / layout.metrics_path(stage)
     entry: dict = dict.fromkeys(MEASURES)
-    entry.update({"validation_loss": None, "validation_perplexity": None, "test_loss": None, "test_perplexity": None})
+    entry.update(
+        {
+            "validation_loss": None,
+            "validation_perplexity": None,
+            "test_loss": None,
+            "test_perplexity": None,
+        }
+    )
     if metrics_file.is_file():
         import json
 
@@ -112,14 +121,20 @@ def _table(result: dict) -> str:
     entries += [(f"student {name}", entry) for name, entry in result["students"].items()]
     for name, entry in entries:
         loss, ppl = entry.get("validation_loss"), entry.get("validation_perplexity")
-        rows.append(f"| {name} | {'—' if loss is None else f'{loss:.4f}'} | {'—' if ppl is None else f'{ppl:.2f}'} |")
+        rows.append(
+            f"| {name} | {'—' if loss is None else f'{loss:.4f}'} | {'—' if ppl is None else f'{ppl:.2f}'} |"
+        )
     note = "\nValidation losses as NeMo measured them at the end of each training stage (flavor legacy).\n"
     return "\n".join(rows) + "\n" + note
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Evaluate NeMo 2 checkpoints with the shared evaluation code.")
-    parser.add_argument("--params", default=layout.PARAMS_FILE, help="resolved spec written by the compiler")
+    parser = argparse.ArgumentParser(
+        description="Evaluate NeMo 2 checkpoints with the shared evaluation code."
+    )
+    parser.add_argument(
+        "--params", default=layout.PARAMS_FILE, help="resolved spec written by the compiler"
+    )
     args = parser.parse_args(argv)
     run_nemo2(Path.cwd(), args.params)
 

@@ -43,7 +43,9 @@ def nemo_source(source: str) -> str:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--source", required=True, help="hf://ORG/NAME or a local Hugging Face directory")
+    parser.add_argument(
+        "--source", required=True, help="hf://ORG/NAME or a local Hugging Face directory"
+    )
     parser.add_argument("--output", required=True, help="NeMo 2 checkpoint directory to create")
     return parser.parse_args(argv)
 
@@ -52,14 +54,18 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     kind = model_type(args.source)
     if kind not in NEMO_MODELS:
-        raise SystemExit(f"error: model_type '{kind}' has no NeMo 2 importer here (supported: {', '.join(NEMO_MODELS)})")
+        raise SystemExit(
+            f"error: model_type '{kind}' has no NeMo 2 importer here (supported: {', '.join(NEMO_MODELS)})"
+        )
     from nemo.collections import llm
 
     model_class, config_class = (getattr(llm, name) for name in NEMO_MODELS[kind])
     output = Path(args.output)
     partial = output.with_name(f".{output.name}.partial")
     shutil.rmtree(partial, ignore_errors=True)
-    llm.import_ckpt(model=model_class(config_class()), source=nemo_source(args.source), output_path=partial)
+    llm.import_ckpt(
+        model=model_class(config_class()), source=nemo_source(args.source), output_path=partial
+    )
     shutil.rmtree(output, ignore_errors=True)
     os.replace(partial, output)
 

@@ -36,16 +36,29 @@ def unsupported(loss: LossSpec) -> list[tuple[tuple[str, ...], str]]:
     """(key path under ``distill.loss``, reason) for every setting NeMo 2's KD config cannot hold."""
     problems = []
     if loss.kind != "logits_kl":
-        problems.append((("kind",), f"NeMo's distillation computes forward KL on the logits; '{loss.kind}' is not available"))
+        problems.append(
+            (
+                ("kind",),
+                f"NeMo's distillation computes forward KL on the logits; '{loss.kind}' is not available",
+            )
+        )
     if loss.temperature != 1.0:
-        problems.append((("temperature",), "NeMo 2's kd_config has no temperature; its logit KL runs at T = 1"))
+        problems.append(
+            (("temperature",), "NeMo 2's kd_config has no temperature; its logit KL runs at T = 1")
+        )
     if loss.alpha != 1.0:
         problems.append(
-            (("alpha",), "NeMo rescales the KD loss to the LM loss's magnitude instead of mixing by alpha; only alpha: 1.0 (KD loss alone) means the same")
+            (
+                ("alpha",),
+                "NeMo rescales the KD loss to the LM loss's magnitude instead of mixing by alpha; only alpha: 1.0 (KD loss alone) means the same",
+            )
         )
     if loss.intermediate and loss.intermediate_weight != 1.0:
         problems.append(
-            (("intermediate_weight",), "NeMo balances intermediate losses against the logit loss itself; intermediate_weight cannot be set")
+            (
+                ("intermediate_weight",),
+                "NeMo balances intermediate losses against the logit loss itself; intermediate_weight cannot be set",
+            )
         )
     return problems
 
@@ -58,10 +71,15 @@ def kd_config(spec: Spec) -> dict:
     problems = unsupported(loss)
     if problems:
         path, reason = problems[0]
-        raise CompileError(f"distill.loss.{'.'.join(path)}: {reason}", hint="run `minispec lint` for every problem")
+        raise CompileError(
+            f"distill.loss.{'.'.join(path)}: {reason}", hint="run `minispec lint` for every problem"
+        )
     return {
         "logit_layers": [LOGIT_LAYER, LOGIT_LAYER],
-        "intermediate_layer_pairs": [[layer_module(p.student_layer), layer_module(p.teacher_layer)] for p in loss.intermediate],
+        "intermediate_layer_pairs": [
+            [layer_module(p.student_layer), layer_module(p.teacher_layer)]
+            for p in loss.intermediate
+        ],
         "skip_lm_loss": True,
         "kd_loss_scale": 1.0,
     }
@@ -75,7 +93,9 @@ def write_kd_config(spec: Spec, path: str | Path) -> dict:
     yaml = YAML(typ="safe", pure=True)
     yaml.default_flow_style = None
     buffer = io.StringIO()
-    buffer.write("# knowledge-distillation config for NeMo 2 gpt_train.py --kd_config (written by minispec)\n")
+    buffer.write(
+        "# knowledge-distillation config for NeMo 2 gpt_train.py --kd_config (written by minispec)\n"
+    )
     yaml.dump(config, buffer)
     write_text_atomic(path, buffer.getvalue())
     return config

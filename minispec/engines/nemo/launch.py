@@ -74,7 +74,9 @@ class Job:
 
 def join(command: Sequence[Arg]) -> str:
     """One shell line: every argument quoted, :class:`ShellWord` constants left to the shell."""
-    return " ".join(word.text if isinstance(word, ShellWord) else shlex.quote(str(word)) for word in command)
+    return " ".join(
+        word.text if isinstance(word, ShellWord) else shlex.quote(str(word)) for word in command
+    )
 
 
 def launch(spec, job: Job) -> Command:
@@ -98,7 +100,13 @@ def _torchrun(job: Job) -> list[str]:
     """``python script.py args`` → ``torchrun --nproc-per-node N script.py args`` (one node)."""
     script_and_args = job.program[1:]
     if script_and_args[:1] == ["-m"]:
-        return ["torchrun", "--nproc-per-node", str(job.tasks_per_node), "--module", *script_and_args[1:]]
+        return [
+            "torchrun",
+            "--nproc-per-node",
+            str(job.tasks_per_node),
+            "--module",
+            *script_and_args[1:],
+        ]
     return ["torchrun", "--nproc-per-node", str(job.tasks_per_node), *script_and_args]
 
 
@@ -121,10 +129,20 @@ def _docker(settings, job: Job, inner: list[str]) -> Command:
 
 def _slurm(settings, job: Job) -> Command:
     slurm = settings.slurm
-    command: Command = ["srun", "--nodes", str(job.nodes), "--ntasks-per-node", str(job.tasks_per_node)]
+    command: Command = [
+        "srun",
+        "--nodes",
+        str(job.nodes),
+        "--ntasks-per-node",
+        str(job.tasks_per_node),
+    ]
     if job.gpus_per_node:
         command += ["--gpus-per-node", str(job.gpus_per_node)]
-    for flag, value in (("--partition", slurm.partition), ("--account", slurm.account), ("--time", slurm.time)):
+    for flag, value in (
+        ("--partition", slurm.partition),
+        ("--account", slurm.account),
+        ("--time", slurm.time),
+    ):
         if value:
             command += [flag, value]
     exports = ",".join(["ALL", *(f"{key}={value}" for key, value in job.env.items())])

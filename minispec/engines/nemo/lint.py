@@ -15,7 +15,12 @@ from minispec.sources import parse_source
 from minispec.spec.model import DepthPrune, WidthPrune
 
 # Megatron-Core's OptimizerConfig defaults, which gpt_train.py uses (it has no flags for them)
-NEMO_OPTIMIZER_DEFAULTS = {"weight_decay": 0.01, "adam_beta1": 0.9, "adam_beta2": 0.999, "grad_clip": 1.0}
+NEMO_OPTIMIZER_DEFAULTS = {
+    "weight_decay": 0.01,
+    "adam_beta1": 0.9,
+    "adam_beta2": 0.999,
+    "grad_clip": 1.0,
+}
 
 
 def check(loaded) -> list[Problem]:
@@ -88,11 +93,23 @@ def parallelism(loaded) -> Iterator[Problem]:
     for name, variant in spec.width_variants.items():
         if name not in spec.students:
             continue
-        heads = variant.target_num_attention_heads or (shapes.num_attention_heads if shapes else None)
+        heads = variant.target_num_attention_heads or (
+            shapes.num_attention_heads if shapes else None
+        )
         groups = variant.target_num_query_groups or (shapes.num_query_groups if shapes else None)
-        yield from _tp_divides(loaded, ("prune", name), tp, f"student '{name}'", heads, groups, variant.target_ffn_hidden_size)
+        yield from _tp_divides(
+            loaded,
+            ("prune", name),
+            tp,
+            f"student '{name}'",
+            heads,
+            groups,
+            variant.target_ffn_hidden_size,
+        )
     if shapes is not None and spec.prune:
-        needs_calibration = [n for n, v in spec.prune.items() if not (isinstance(v, DepthPrune) and v.drop_layers)]
+        needs_calibration = [
+            n for n, v in spec.prune.items() if not (isinstance(v, DepthPrune) and v.drop_layers)
+        ]
         if needs_calibration and world > shapes.num_layers:
             yield loaded.locate(
                 ("prune", needs_calibration[0]),
@@ -102,10 +119,16 @@ def parallelism(loaded) -> Iterator[Problem]:
             )
 
 
-def _tp_divides(loaded, path, tp: int, what: str, heads: int | None, groups: int | None, ffn: int | None) -> Iterator[Problem]:
+def _tp_divides(
+    loaded, path, tp: int, what: str, heads: int | None, groups: int | None, ffn: int | None
+) -> Iterator[Problem]:
     if tp <= 1:
         return
-    for size, label in ((heads, "attention heads"), (groups, "query groups"), (ffn, "FFN hidden size")):
+    for size, label in (
+        (heads, "attention heads"),
+        (groups, "query groups"),
+        (ffn, "FFN hidden size"),
+    ):
         if size is not None and size % tp:
             yield loaded.locate(
                 path,
@@ -140,8 +163,14 @@ def pruning(loaded) -> Iterator[Problem]:
                 f"NeMo prunes width by Minitron's activation importance only, not '{variant.importance}'",
                 hint="set importance: activation, or use engine: torch",
             )
-        if (variant.target_num_attention_heads is None) != (variant.target_num_query_groups is None):
-            missing = "target_num_query_groups" if variant.target_num_query_groups is None else "target_num_attention_heads"
+        if (variant.target_num_attention_heads is None) != (
+            variant.target_num_query_groups is None
+        ):
+            missing = (
+                "target_num_query_groups"
+                if variant.target_num_query_groups is None
+                else "target_num_attention_heads"
+            )
             yield loaded.locate(
                 base + (missing,),
                 "NeMo prunes attention heads and query groups together: set both target_num_attention_heads and target_num_query_groups",
@@ -229,4 +258,12 @@ def flavor_legacy(loaded) -> Iterator[Problem]:
     )
 
 
-RULES = [teacher_source, launcher, parallelism, pruning, distillation, training_settings, flavor_legacy]
+RULES = [
+    teacher_source,
+    launcher,
+    parallelism,
+    pruning,
+    distillation,
+    training_settings,
+    flavor_legacy,
+]

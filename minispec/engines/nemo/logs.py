@@ -49,7 +49,9 @@ def event_files(run_dir: Path) -> list[Path]:
     return sorted(p for p in run_dir.rglob(EVENT_GLOB) if p.is_file())
 
 
-def read_scalars(run_dir: str | Path, tags: tuple[str, ...] = (TRAIN_LOSS_TAG, VAL_LOSS_TAG, LR_TAG)) -> dict[str, list[Point]]:
+def read_scalars(
+    run_dir: str | Path, tags: tuple[str, ...] = (TRAIN_LOSS_TAG, VAL_LOSS_TAG, LR_TAG)
+) -> dict[str, list[Point]]:
     """Every point of ``tags`` in all event files under ``run_dir``, by step; latest write wins."""
     from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator
 
@@ -116,8 +118,12 @@ def convert_stage(stage: str, root: Path, *, global_batch_size: int, seq_length:
     scalars = read_scalars(run_dir)
     if not scalars[TRAIN_LOSS_TAG]:
         raise StageError(f"NeMo's event files under {run_dir} hold no '{TRAIN_LOSS_TAG}' scalars")
-    write_text_atomic(root / layout.train_curve_path(stage), dvclive_tsv(scalars[TRAIN_LOSS_TAG], "loss"))
-    write_text_atomic(root / layout.val_curve_path(stage), dvclive_tsv(scalars[VAL_LOSS_TAG], "loss"))
+    write_text_atomic(
+        root / layout.train_curve_path(stage), dvclive_tsv(scalars[TRAIN_LOSS_TAG], "loss")
+    )
+    write_text_atomic(
+        root / layout.val_curve_path(stage), dvclive_tsv(scalars[VAL_LOSS_TAG], "loss")
+    )
     if scalars[LR_TAG]:
         lr_path = Path(layout.train_curve_path(stage)).with_name("lr.tsv")
         write_text_atomic(root / lr_path, dvclive_tsv(scalars[LR_TAG], "lr"))
@@ -149,11 +155,17 @@ def find_nemo2_checkpoint(source: Path) -> Path:
         return source
     candidates = [p for p in source.rglob("*") if p.is_dir() and _is_nemo2_checkpoint(p)]
     if not candidates:
-        raise StageError(f"no NeMo 2 checkpoint (a directory with context/ and weights/) under {source}")
+        raise StageError(
+            f"no NeMo 2 checkpoint (a directory with context/ and weights/) under {source}"
+        )
 
     def order(path: Path) -> tuple[int, bool, float]:
         match = _STEP.search(path.name)
-        return (int(match.group(1)) if match else -1, path.name.endswith("-last"), path.stat().st_mtime)
+        return (
+            int(match.group(1)) if match else -1,
+            path.name.endswith("-last"),
+            path.stat().st_mtime,
+        )
 
     return max(candidates, key=order)
 
@@ -168,7 +180,10 @@ def find_legacy_checkpoint(source: Path) -> Path:
         return source
     candidates = [p for p in source.rglob("*.nemo") if p.is_file()] if source.is_dir() else []
     if not candidates:
-        raise StageError(f"no .nemo file at or under {source}", hint="the NeMo command of this stage must run first")
+        raise StageError(
+            f"no .nemo file at or under {source}",
+            hint="the NeMo command of this stage must run first",
+        )
     return max(candidates, key=lambda p: p.stat().st_mtime)
 
 
@@ -181,7 +196,9 @@ def publish(source: str | Path, target: str | Path, flavor: str) -> Path:
     """
     source, target = Path(source), Path(target)
     if not source.exists():
-        raise StageError(f"{source} does not exist", hint="the NeMo command of this stage must run first")
+        raise StageError(
+            f"{source} does not exist", hint="the NeMo command of this stage must run first"
+        )
     if flavor == "legacy":
         found = find_legacy_checkpoint(source)
         with atomic_dir(target) as tmp:

@@ -29,7 +29,11 @@ EXTRA_ARGPARSE = {
 # Keys whose default is a number but whose type is a union: Lightning's precision takes 32 or "bf16"
 # (the tutorial passes trainer.precision=bf16 to a config whose default is 32).
 UNION_KEYS = {"trainer.precision"}
-OUR_LAUNCHERS = {"minispec.engines.nemo.import_ckpt", "minispec.engines.nemo.export_ckpt", "minispec.engines.nemo.evaluate"}
+OUR_LAUNCHERS = {
+    "minispec.engines.nemo.import_ckpt",
+    "minispec.engines.nemo.export_ckpt",
+    "minispec.engines.nemo.evaluate",
+}
 
 
 def pipeline(spec, *, skip_export: bool = False) -> list[tuple[str, list]]:
@@ -97,7 +101,9 @@ def check_argparse(script: str, args: list[str], spec_flags: dict) -> None:
                 float(value)
             if "choices" in info:
                 assert value in info["choices"], f"{script} {flag}={value} not in {info['choices']}"
-    missing = [flag for flag, info in spec_flags.items() if info.get("required") and flag not in seen]
+    missing = [
+        flag for flag, info in spec_flags.items() if info.get("required") and flag not in seen
+    ]
     assert not missing, f"{script}: required flags missing: {missing}"
 
 
@@ -116,7 +122,9 @@ def check_hydra(script: str, args: list[str], facts: dict) -> None:
         key = override.key_or_group
         exists = key in keys or any(k.startswith(key + ".") for k in keys)
         if override.is_add():
-            assert not exists, f"{script}: +{key} adds a key {config_name} already has (Hydra rejects that)"
+            assert not exists, (
+                f"{script}: +{key} adds a key {config_name} already has (Hydra rejects that)"
+            )
         elif override.is_force_add():
             pass  # ++ sets or adds
         else:
@@ -130,7 +138,9 @@ def check_hydra(script: str, args: list[str], facts: dict) -> None:
         if isinstance(default, bool):
             assert isinstance(value, bool), f"{key}={value!r} should be a bool"
         elif isinstance(default, int):
-            assert isinstance(value, int) and not isinstance(value, bool), f"{key}={value!r} should be an int"
+            assert isinstance(value, int) and not isinstance(value, bool), (
+                f"{key}={value!r} should be an int"
+            )
         elif isinstance(default, float):
             assert isinstance(value, (int, float)), f"{key}={value!r} should be a number"
 
@@ -154,7 +164,11 @@ SPEC_VARIANTS = [
     (),
     ("nemo.launcher=docker",),
     ("nemo.launcher=slurm", "resources.nodes=2", "nemo.slurm.partition=batch"),
-    ("prune.depth.drop_layers=null", "prune.depth.target_num_layers=16", "prune.depth.importance=block_influence"),
+    (
+        "prune.depth.drop_layers=null",
+        "prune.depth.target_num_layers=16",
+        "prune.depth.importance=block_influence",
+    ),
     ("prune.width.target_num_attention_heads=24", "prune.width.target_num_query_groups=8"),
     ("distill.loss.intermediate=[{student_layer: 15, teacher_layer: 31}]",),
     ("finetune=null",),
@@ -165,14 +179,23 @@ SPEC_VARIANTS = [
 def test_nemo2_commands_use_only_real_flags(facts, load_tutorial, overrides):
     spec = load_tutorial(*overrides).spec
     scripts = {check_command(command, facts) for _, command in pipeline(spec)}
-    assert {"scripts/llm/gpt_prune.py", "scripts/nlp_language_modeling/preprocess_data_for_megatron.py"} <= scripts
-    assert ("scripts/llm/gpt_train.py" in scripts) == (spec.distill is not None or spec.finetune is not None)
+    assert {
+        "scripts/llm/gpt_prune.py",
+        "scripts/nlp_language_modeling/preprocess_data_for_megatron.py",
+    } <= scripts
+    assert ("scripts/llm/gpt_train.py" in scripts) == (
+        spec.distill is not None or spec.finetune is not None
+    )
 
 
 LEGACY_VARIANTS = [
     (),
     ("nemo.launcher=slurm",),
-    ("prune.depth.drop_layers=null", "prune.depth.target_num_layers=16", "prune.depth.importance=block_influence"),
+    (
+        "prune.depth.drop_layers=null",
+        "prune.depth.target_num_layers=16",
+        "prune.depth.importance=block_influence",
+    ),
     ("prune.width.target_num_attention_heads=24", "prune.width.target_num_query_groups=8"),
 ]
 
@@ -187,7 +210,9 @@ def test_legacy_commands_use_only_real_flags_and_keys(facts, load_tutorial, over
         "examples/nlp/language_modeling/megatron_gpt_distillation.py",
     }
     assert expected <= scripts
-    assert ("examples/nlp/language_modeling/megatron_gpt_drop_layers.py" in scripts) == (spec.prune["depth"].drop_layers is not None)
+    assert ("examples/nlp/language_modeling/megatron_gpt_drop_layers.py" in scripts) == (
+        spec.prune["depth"].drop_layers is not None
+    )
 
 
 def test_the_checker_rejects_what_nemo_would(facts):
@@ -228,7 +253,11 @@ def flag_values(program: list[str]) -> dict[str, list[str]]:
 
 
 def hydra_values(program: list[str]) -> dict[str, str]:
-    return dict(word.lstrip("+").split("=", 1) for word in program[1:] if "=" in word and not word.startswith("--"))
+    return dict(
+        word.lstrip("+").split("=", 1)
+        for word in program[1:]
+        if "=" in word and not word.startswith("--")
+    )
 
 
 def commands_of(spec, step, variant=None) -> list[list[str]]:
@@ -237,12 +266,20 @@ def commands_of(spec, step, variant=None) -> list[list[str]]:
 
 def test_golden_tutorial_nemo2(load_tutorial):
     spec = load_tutorial().spec
-    for stage, variant, model in (("finetune", None, "models/teacher"), ("distill", "depth", "models/pruned/depth"), ("distill", "width", "models/pruned/width")):
+    for stage, variant, model in (
+        ("finetune", None, "models/teacher"),
+        ("distill", "depth", "models/pruned/depth"),
+        ("distill", "width", "models/pruned/width"),
+    ):
         train = next(p for p in commands_of(spec, stage, variant) if p[0].endswith("gpt_train.py"))
         v = flag_values(train)
         assert v["--max_steps"] == ["30"] and v["--gbs"] == ["128"] and v["--mbs"] == ["4"]
         assert float(v["--lr"][0]) == 1e-4 and float(v["--min_lr"][0]) == 1e-5
-        assert v["--warmup_steps"] == ["2"] and v["--val_check_interval"] == ["10"] and v["--limit_val_batches"] == ["5"]
+        assert (
+            v["--warmup_steps"] == ["2"]
+            and v["--val_check_interval"] == ["10"]
+            and v["--limit_val_batches"] == ["5"]
+        )
         assert v["--tp_size"] == ["8"] and v["--pp_size"] == ["1"] and v["--devices"] == ["8"]
         assert v["--seq_length"] == ["8192"] and v["--model_path"] == [model]
         if stage == "distill":
@@ -252,9 +289,13 @@ def test_golden_tutorial_nemo2(load_tutorial):
     assert depth["--drop_layers"] == [str(n) for n in range(16, 32)]
     assert depth["--tp_size"] == ["8"]  # dropping layers needs no calibration: any TP
     width = flag_values(commands_of(spec, "prune", "width")[0])
-    assert width["--target_ffn_hidden_size"] == ["9216"] and width["--target_hidden_size"] == ["3072"]
+    assert width["--target_ffn_hidden_size"] == ["9216"] and width["--target_hidden_size"] == [
+        "3072"
+    ]
     assert "--target_num_attention_heads" not in width and "--target_num_query_groups" not in width
-    assert width["--tp_size"] == ["1"] and width["--pp_size"] == ["8"]  # gpt_prune.py: TP 1, PP over the GPUs
+    assert width["--tp_size"] == ["1"] and width["--pp_size"] == [
+        "8"
+    ]  # gpt_prune.py: TP 1, PP over the GPUs
     assert width["--num_train_samples"] == ["1024"] and width["--seq_length"] == ["8192"]
     assert width["--data_paths"] == ["1.0", "data/tokens/train_text_document"]
 
@@ -263,27 +304,55 @@ def test_golden_tutorial_legacy(load_tutorial):
     spec = load_tutorial("nemo.flavor=legacy", "export.students=[]").spec
     finetune = commands_of(spec, "finetune")[0]
     assert finetune[0].endswith("megatron_gpt_pretraining.py")
-    assert finetune[1:5] == ["--config-path", "/opt/NeMo/examples/nlp/language_modeling/conf", "--config-name", "megatron_llama_distill.yaml"]
+    assert finetune[1:5] == [
+        "--config-path",
+        "/opt/NeMo/examples/nlp/language_modeling/conf",
+        "--config-name",
+        "megatron_llama_distill.yaml",
+    ]
     for step, variant in (("finetune", None), ("distill", "depth"), ("distill", "width")):
         h = hydra_values(commands_of(spec, step, variant)[0])
-        assert h["trainer.max_steps"] == "30" and h["model.global_batch_size"] == "128" and h["model.micro_batch_size"] == "4"
+        assert (
+            h["trainer.max_steps"] == "30"
+            and h["model.global_batch_size"] == "128"
+            and h["model.micro_batch_size"] == "4"
+        )
         assert float(h["model.optim.lr"]) == 1e-4 and float(h["model.optim.sched.min_lr"]) == 1e-5
-        assert h["model.optim.sched.warmup_steps"] == "2" and h["model.optim.name"] == "distributed_fused_adam"
+        assert (
+            h["model.optim.sched.warmup_steps"] == "2"
+            and h["model.optim.name"] == "distributed_fused_adam"
+        )
         assert h["trainer.val_check_interval"] == "10" and h["trainer.limit_val_batches"] == "5"
-        assert h["model.tensor_model_parallel_size"] == "8" and h["model.sequence_parallel"] == "True"
+        assert (
+            h["model.tensor_model_parallel_size"] == "8" and h["model.sequence_parallel"] == "True"
+        )
         assert h["trainer.num_sanity_val_steps"] == "0" and h["trainer.precision"] == "bf16"
         assert "validation: [data/tokens/validation_text_document]" in h["model.data.data_prefix"]
     h = hydra_values(finetune)
-    assert (h["model.num_layers"], h["model.hidden_size"], h["model.ffn_hidden_size"]) == ("32", "4096", "14336")
-    assert (h["model.num_query_groups"], h["model.rotary_base"], h["model.encoder_seq_length"]) == ("8", "500000.0", "8192")
-    assert h["model.tokenizer"] == "{library: huggingface, type: meta-llama/Llama-3.1-8B, use_fast: True}"
+    assert (h["model.num_layers"], h["model.hidden_size"], h["model.ffn_hidden_size"]) == (
+        "32",
+        "4096",
+        "14336",
+    )
+    assert (h["model.num_query_groups"], h["model.rotary_base"], h["model.encoder_seq_length"]) == (
+        "8",
+        "500000.0",
+        "8192",
+    )
+    assert (
+        h["model.tokenizer"]
+        == "{library: huggingface, type: meta-llama/Llama-3.1-8B, use_fast: True}"
+    )
     drop = commands_of(spec, "prune", "depth")[0]
     assert drop[0].endswith("megatron_gpt_drop_layers.py")
     assert flag_values(drop)["--drop_layers"] == [str(n) for n in range(16, 32)]
     assert flag_values(drop)["--tensor_model_parallel_size"] == ["8"]
     width = hydra_values(commands_of(spec, "prune", "width")[0])
     assert width["prune.ffn_hidden_size"] == "9216" and width["prune.hidden_size"] == "3072"
-    assert width["model.tensor_model_parallel_size"] == "1" and width["model.pipeline_model_parallel_size"] == "8"
+    assert (
+        width["model.tensor_model_parallel_size"] == "1"
+        and width["model.pipeline_model_parallel_size"] == "8"
+    )
     assert "prune.num_attention_heads" not in width and width["prune.num_calib_size"] == "1024"
     distill = hydra_values(commands_of(spec, "distill", "width")[0])
     assert distill["model.restore_from_path"] == "models/pruned/width/model.nemo"
@@ -298,8 +367,12 @@ def test_tokenize_outputs_land_at_the_layout_prefix(load_tutorial):
         v = flag_values(program)
         assert v["--input"] == [layout.jsonl_path(split)]
         # preprocess_data_for_megatron.py writes "{prefix}_{json key}_document.{bin,idx}"
-        assert f"{v['--output-prefix'][0]}_{v['--json-keys'][0]}_document" == layout.tokens_prefix(split)
-        assert v["--tokenizer-library"] == ["huggingface"] and v["--tokenizer-type"] == ["meta-llama/Llama-3.1-8B"]
+        assert f"{v['--output-prefix'][0]}_{v['--json-keys'][0]}_document" == layout.tokens_prefix(
+            split
+        )
+        assert v["--tokenizer-library"] == ["huggingface"] and v["--tokenizer-type"] == [
+            "meta-llama/Llama-3.1-8B"
+        ]
         assert v["--append-eod"] == []
 
 

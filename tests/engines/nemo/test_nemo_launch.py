@@ -19,7 +19,12 @@ JOB = Job(["python", "/opt/NeMo/scripts/llm/gpt_train.py", "--log_dir", HOSTILE]
 
 def test_local_runs_torchrun_with_the_tutorial_environment(load_tutorial):
     command = launch(load_tutorial().spec, JOB)
-    assert command[:4] == ["env", "CUDA_DEVICE_MAX_CONNECTIONS=1", "TORCH_NCCL_AVOID_RECORD_STREAMS=1", "NCCL_NVLS_ENABLE=0"]
+    assert command[:4] == [
+        "env",
+        "CUDA_DEVICE_MAX_CONNECTIONS=1",
+        "TORCH_NCCL_AVOID_RECORD_STREAMS=1",
+        "NCCL_NVLS_ENABLE=0",
+    ]
     assert command[4:7] == ["torchrun", "--nproc-per-node", "8"]
     assert command[7:] == JOB.program[1:]
     single = launch(load_tutorial().spec, Job(["python", "-m", "x", "--a", "1"]))
@@ -47,9 +52,15 @@ def test_slurm_one_task_per_gpu_on_every_node(load_tutorial):
     command = launch(spec, job)
     words = [str(w) for w in command]
     assert words[:7] == ["srun", "--nodes", "4", "--ntasks-per-node", "8", "--gpus-per-node", "8"]
-    assert words[words.index("--partition") + 1] == "batch" and words[words.index("--account") + 1] == "llm"
+    assert (
+        words[words.index("--partition") + 1] == "batch"
+        and words[words.index("--account") + 1] == "llm"
+    )
     assert words[words.index("--time") + 1] == "04:00:00"
-    assert words[words.index("--export") + 1] == "ALL,CUDA_DEVICE_MAX_CONNECTIONS=1,TORCH_NCCL_AVOID_RECORD_STREAMS=1,NCCL_NVLS_ENABLE=0"
+    assert (
+        words[words.index("--export") + 1]
+        == "ALL,CUDA_DEVICE_MAX_CONNECTIONS=1,TORCH_NCCL_AVOID_RECORD_STREAMS=1,NCCL_NVLS_ENABLE=0"
+    )
     assert words[words.index("--container-image") + 1] == "nvcr.io/nvidia/nemo:25.04"
     assert "torchrun" not in words  # Lightning takes ranks from Slurm's environment
     assert words[-len(JOB.program) :] == JOB.program
@@ -67,7 +78,9 @@ def test_multi_node_needs_slurm(load_tutorial):
 
 def run_echo(line: str, cwd: Path) -> str:
     """Run a joined command with `echo` in front of it: prints the words, executes nothing."""
-    result = subprocess.run(["sh", "-c", "printf '%s\\n' " + line], cwd=cwd, capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        ["sh", "-c", "printf '%s\\n' " + line], cwd=cwd, capture_output=True, text=True, check=True
+    )
     return result.stdout
 
 
@@ -78,7 +91,11 @@ def test_hostile_paths_never_run_as_shell_code(load_tutorial, tmp_path, launcher
     teacher.mkdir()
     spec = load_tutorial(f"teacher.source={teacher}", f"data.tokenizer={teacher}", f"nemo.root=/opt/Ne Mo;{HOSTILE}",
                          f"nemo.launcher={launcher}", f"nemo.flavor={flavor}", "export.students=[]").spec  # fmt: skip
-    commands = [c for step in ("tokenize", "import", "prune") for c in commands_for(spec, step, "width" if step == "prune" else None)]
+    commands = [
+        c
+        for step in ("tokenize", "import", "prune")
+        for c in commands_for(spec, step, "width" if step == "prune" else None)
+    ]
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     for command in commands:

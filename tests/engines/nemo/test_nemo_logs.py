@@ -29,7 +29,9 @@ def write_events(directory: Path, points: dict[str, list[tuple[int, float]]], st
 
 
 def params_yaml(spec, root: Path) -> None:
-    (root / layout.PARAMS_FILE).write_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
+    (root / layout.PARAMS_FILE).write_text(
+        yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
+    )
 
 
 @pytest.fixture
@@ -59,7 +61,11 @@ def test_reader_merges_runs_by_step(finetune_run):
     train = scalars["reduced_train_loss"]
     assert [p.step for p in train] == list(range(30))
     assert train[5].value == pytest.approx(2.75) and train[18].value == pytest.approx(2.0 - 0.18)
-    assert [(p.step, round(p.value, 4)) for p in scalars["val_loss"]] == [(9, 2.6), (19, 2.1), (29, 1.9)]
+    assert [(p.step, round(p.value, 4)) for p in scalars["val_loss"]] == [
+        (9, 2.6),
+        (19, 2.1),
+        (29, 1.9),
+    ]
     assert len(scalars["lr"]) == 20
 
 
@@ -75,7 +81,14 @@ def test_logs_command_writes_curves_and_metrics(finetune_run, monkeypatch):
     val = (root / layout.val_curve_path("finetune")).read_text().splitlines()
     assert [line.split("\t")[1] for line in val[1:]] == ["9", "19", "29"]
     assert (root / layout.log_dir("finetune") / "plots/metrics/train/lr.tsv").is_file()
-    assert len(list((root / layout.tensorboard_dir("finetune") / "nemo").rglob("events.out.tfevents.*"))) == 2
+    assert (
+        len(
+            list(
+                (root / layout.tensorboard_dir("finetune") / "nemo").rglob("events.out.tfevents.*")
+            )
+        )
+        == 2
+    )
     metrics = json.loads((root / layout.metrics_path("finetune")).read_text())
     assert metrics["steps"] == 30 and metrics["tokens"] == 30 * 128 * 8192
     assert metrics["final_val_loss"] == pytest.approx(1.9) and metrics["first_val_step"] == 9
@@ -110,7 +123,9 @@ def test_publish_picks_the_last_checkpoint_and_keeps_the_run(tmp_path):
     target = tmp_path / "models/teacher-corrected"
     logs.publish(tmp_path / "checkpoints/finetune", target, "nemo2")
     assert (target / "weights/marker").read_text() == "step 29" and (target / "context").is_dir()
-    assert (run / "finetune--val_loss=1.90-step=29-consumed_samples=3840.0-last/weights/marker").exists()  # copied
+    assert (
+        run / "finetune--val_loss=1.90-step=29-consumed_samples=3840.0-last/weights/marker"
+    ).exists()  # copied
     scratch = make_checkpoint(tmp_path / "checkpoints/prune-width/pruned", "pruned")
     logs.publish(scratch, tmp_path / "models/pruned/width", "nemo2")
     assert (tmp_path / "models/pruned/width/weights/marker").read_text() == "pruned"
@@ -137,15 +152,25 @@ def test_kd_config_is_what_nemo_reads(tmp_path, load_tutorial, monkeypatch):
     spec = load_tutorial().spec
     params_yaml(spec, tmp_path)
     monkeypatch.chdir(tmp_path)
-    result = CliRunner().invoke(cli, ["nemo", "kd-config", "--output", "logs/distill-width/kd_config.yaml"])
+    result = CliRunner().invoke(
+        cli, ["nemo", "kd-config", "--output", "logs/distill-width/kd_config.yaml"]
+    )
     assert result.exit_code == 0, result.output
-    config = yaml.safe_load((tmp_path / "logs/distill-width/kd_config.yaml").read_text())  # NeMo: yaml.safe_load
+    config = yaml.safe_load(
+        (tmp_path / "logs/distill-width/kd_config.yaml").read_text()
+    )  # NeMo: yaml.safe_load
     # exactly the fields of NeMo's DistillationConfig dataclass that a YAML file may set
     assert config == {"logit_layers": ["output_layer", "output_layer"], "intermediate_layer_pairs": [],
                       "skip_lm_loss": True, "kd_loss_scale": 1.0}  # fmt: skip
     spec = load_tutorial("distill.loss.intermediate=[{student_layer: 15, teacher_layer: 31}]").spec
-    assert kd.kd_config(spec)["intermediate_layer_pairs"] == [["decoder.layers.14", "decoder.layers.30"]]
-    for override in ("distill.loss.kind=jsd", "distill.loss.temperature=2.0", "distill.loss.alpha=0.5"):
+    assert kd.kd_config(spec)["intermediate_layer_pairs"] == [
+        ["decoder.layers.14", "decoder.layers.30"]
+    ]
+    for override in (
+        "distill.loss.kind=jsd",
+        "distill.loss.temperature=2.0",
+        "distill.loss.alpha=0.5",
+    ):
         with pytest.raises(CompileError, match="distill.loss"):
             kd.kd_config(load_tutorial(override).spec)
 
@@ -154,7 +179,9 @@ def test_legacy_evaluation_reports_nemo_validation_losses(tmp_path, load_tutoria
     spec = load_tutorial("nemo.flavor=legacy", "export.students=[]").spec
     (tmp_path / "metrics").mkdir()
     (tmp_path / layout.metrics_path("finetune")).write_text(json.dumps({"final_val_loss": 1.5}))
-    (tmp_path / layout.metrics_path("distill@depth")).write_text(json.dumps({"final_val_loss": 2.5}))
+    (tmp_path / layout.metrics_path("distill@depth")).write_text(
+        json.dumps({"final_val_loss": 2.5})
+    )
     result = evaluate.run_legacy(spec, tmp_path)
     written = json.loads((tmp_path / layout.metrics_path("evaluate")).read_text())
     assert written == result
@@ -181,7 +208,13 @@ def test_nemo2_evaluation_mirrors_the_layout(tmp_path, load_tutorial):
         shutil.copytree(checkpoint, output)
 
     mirror = evaluate.build_mirror(spec, tmp_path, export)
-    assert exported == [layout.TEACHER_DIR, layout.CORRECTED_TEACHER_DIR, layout.student_dir("depth")]
-    assert (mirror / layout.student_dir("depth") / "weights/marker").read_text() == layout.student_dir("depth")
+    assert exported == [
+        layout.TEACHER_DIR,
+        layout.CORRECTED_TEACHER_DIR,
+        layout.student_dir("depth"),
+    ]
+    assert (
+        mirror / layout.student_dir("depth") / "weights/marker"
+    ).read_text() == layout.student_dir("depth")
     assert (mirror / "data").resolve() == (tmp_path / "data").resolve()
     assert (mirror / layout.PARAMS_FILE).read_text() == (tmp_path / layout.PARAMS_FILE).read_text()
