@@ -108,5 +108,69 @@ def stage(name: str, variant: str | None, params_file: str) -> None:
     run_stage(name, variant, Path.cwd(), params_file)
 
 
+# --------------------------------------------------------------------------------------------
+# nemo engine helpers (what an engine: nemo dvc.yaml runs around NeMo's own scripts)
+
+PARAMS_HELP = "Resolved spec written by `minispec compile`."
+
+
+@cli.group()
+def nemo() -> None:
+    """Helpers of the nemo engine's stages (run from the compiled pipeline's directory)."""
+
+
+@nemo.command("logs")
+@click.argument("stage_name", metavar="STAGE")
+@click.option("--params", "params_file", default="params.yaml", show_default=True, help=PARAMS_HELP)
+@handle_errors
+def nemo_logs(stage_name: str, params_file: str) -> None:
+    """Turn NeMo's TensorBoard events of STAGE (finetune, distill@VARIANT) into loss curves and metrics."""
+    from minispec.engines.nemo.logs import convert_stage
+    from minispec.engines.torch.stages import load_params
+
+    spec = load_params(Path.cwd(), params_file)
+    schedule = spec.finetune if stage_name == "finetune" else spec.distill
+    if schedule is None or not (stage_name == "finetune" or stage_name.startswith("distill@")):
+        raise MinispecError(f"'{stage_name}' is not a training stage of this spec", hint="use finetune or distill@VARIANT")
+    metrics = convert_stage(stage_name, Path.cwd(), global_batch_size=schedule.global_batch_size, seq_length=spec.data.seq_length)
+    click.echo(json.dumps(metrics, indent=2))
+
+
+@nemo.command("publish")
+@click.option("--flavor", type=click.Choice(["nemo2", "legacy"]), required=True, help="Checkpoint format.")
+@click.argument("source", type=click.Path(path_type=Path))
+@click.argument("target", type=click.Path(path_type=Path))
+@handle_errors
+def nemo_publish(flavor: str, source: Path, target: Path) -> None:
+    """Put the finished NeMo checkpoint at or under SOURCE into the model directory TARGET atomically."""
+    from minispec.engines.nemo.logs import publish
+
+    click.echo(f"published {publish(source, target, flavor)}")
+
+
+@nemo.command("kd-config")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), required=True, help="YAML file to write.")
+@click.option("--params", "params_file", default="params.yaml", show_default=True, help=PARAMS_HELP)
+@handle_errors
+def nemo_kd_config(output: Path, params_file: str) -> None:
+    """Write the NeMo 2 knowledge-distillation config (gpt_train.py --kd_config) from distill.loss."""
+    from minispec.engines.nemo.kd import write_kd_config
+    from minispec.engines.torch.stages import load_params
+
+    write_kd_config(load_params(Path.cwd(), params_file), output)
+    click.echo(f"wrote {output}")
+
+
+@nemo.command("evaluate-logs")
+@click.option("--params", "params_file", default="params.yaml", show_default=True, help=PARAMS_HELP)
+@handle_errors
+def nemo_evaluate_logs(params_file: str) -> None:
+    """Evaluation of flavor legacy: the validation losses NeMo measured while training."""
+    from minispec.engines.nemo.evaluate import run_legacy
+    from minispec.engines.torch.stages import load_params
+
+    run_legacy(load_params(Path.cwd(), params_file), Path.cwd())
+
+
 def main() -> None:
     cli(prog_name="minispec")

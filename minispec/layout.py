@@ -114,3 +114,33 @@ def tensorboard_dir(stage: str) -> str:
 # where M = {"params_total", "params_non_embedding", "<split>_loss", "<split>_perplexity" for each
 # evaluated split, "tokens_per_second", "latency_seconds", "tokens_evaluated": {"<split>": n}}.
 EVALUATE_TABLE = f"{METRICS_DIR}/evaluate.md"
+
+
+# ---- nemo engine -----------------------------------------------------------------------------
+#
+# The nemo engine keeps the same layout; its model directories hold NeMo checkpoints instead of
+# HF directories: a NeMo 2 checkpoint directory (``context/`` + ``weights/``) for flavor nemo2,
+# a single ``model.nemo`` file inside the directory for flavor legacy (NeMo 1). NeMo's own run
+# directories (checkpoints, TensorBoard events, index mappings) live under checkpoint_dir(stage),
+# which is persistent so an interrupted stage resumes.
+NEMO_LEGACY_FILE = "model.nemo"
+
+
+def nemo_model_path(model_dir: str, flavor: str) -> str:
+    """What a NeMo script is given for a model directory: the directory (nemo2) or its .nemo file."""
+    return f"{model_dir}/{NEMO_LEGACY_FILE}" if flavor == "legacy" else model_dir
+
+
+def nemo_run_dir(stage: str) -> str:
+    """NeMo's experiment directory of a stage (``--log_dir`` / ``exp_manager.exp_dir``)."""
+    return checkpoint_dir(stage)
+
+
+def nemo_index_mapping_dir(stage: str) -> str:
+    """Megatron dataset index caches of a stage (kept out of the tokenize stage's outputs)."""
+    return f"{checkpoint_dir(stage)}/index_mappings"
+
+
+def nemo_kd_config_path(variant: str) -> str:
+    """The knowledge-distillation YAML that ``gpt_train.py --kd_config`` reads for a student."""
+    return f"{log_dir('distill@' + variant)}/kd_config.yaml"
