@@ -12,11 +12,13 @@ guard and writes only below the target directory.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import os
 import posixpath
 import tarfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -78,14 +80,18 @@ def check_member(member: tarfile.TarInfo, seen: set[str]) -> str:
     return normalized
 
 
-def open_archive(path: Path) -> tarfile.TarFile:
-    """A streaming reader (one pass, no seeking back into the gzip stream)."""
+@contextlib.contextmanager
+def open_archive(path: Path) -> Iterator[tuple[tarfile.TarFile, gzip.GzipFile]]:
+    """A streaming tar reader (one pass) over our own gzip reader, which checks the CRC at the end."""
     if not Path(path).is_file():
         raise BundleError(f"{path}: no such bundle file")
-    try:
-        return tarfile.open(path, mode="r|gz")
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        raise BundleError(f"{path}: not a readable tar.gz bundle ({exc})") from None
+    with open(path, "rb") as raw, gzip.GzipFile(fileobj=raw, mode="rb") as stream:
+        try:
+            tar = tarfile.open(fileobj=stream, mode="r|")
+        except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
+            raise BundleError(f"{path}: not a readable tar.gz bundle ({exc})") from None
+        with tar:
+            yield tar, stream
 
 
 def iter_members(path: Path) -> Iterator[tuple[str, tarfile.TarInfo, BinaryIO | None]]:
@@ -94,19 +100,22 @@ def iter_members(path: Path) -> Iterator[tuple[str, tarfile.TarInfo, BinaryIO | 
     Corrupt data is reported with the member being read when it showed up.
     """
     seen: set[str] = set()
-    current = "(archive header)"
-    with open_archive(path) as tar:
+    where = "in the archive header"
+    with open_archive(path) as (tar, stream):
         try:
             for member in tar:
-                current = member.name
+                where = f"at or after member {member.name!r}"
                 name = check_member(member, seen)
                 yield name, member, tar.extractfile(member) if member.isfile() else None
+            # read to the end of the gzip stream so its CRC is checked: tarfile stops at the
+            # first block that is not a header, which would hide corruption after it
+            where = f"at the end of the archive, after {where.split(' ', 3)[-1]} (the gzip checksum covers every member)"
+            while stream.read(CHUNK):
+                pass
         except UnsafeArchiveError:
             raise
-        except (tarfile.TarError, OSError, EOFError, gzip.BadGzipFile) as exc:
-            raise BundleError(
-                f"{path}: corrupt archive data at or after member {current!r} ({exc})"
-            ) from None
+        except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
+            raise BundleError(f"{path}: corrupt archive data {where} ({exc})") from None
 
 
 def safe_extract(path: Path, dest: Path) -> list[str]:
@@ -117,7 +126,7 @@ def safe_extract(path: Path, dest: Path) -> list[str]:
     root = dest.resolve()
     use_filter = hasattr(tarfile, "data_filter")
     seen: set[str] = set()
-    with open_archive(path) as tar:
+    with open_archive(path) as (tar, _):
         for member in tar:
             name = check_member(member, seen)
             target = (root / name).resolve()

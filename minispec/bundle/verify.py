@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tarfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from minispec.bundle import dvchash
-from minispec.bundle.archive import BundleError, iter_members
+from minispec.bundle.archive import BundleError, UnsafeArchiveError, iter_members
 from minispec.bundle.create import (
     DIR_LISTINGS,
     ENVIRONMENT,
@@ -79,23 +81,38 @@ def verify_bundle(path: Path) -> VerifyResult:
     digests: dict[str, FileDigest] = {}
     contents: dict[str, bytes] = {}
     lock: Lock | None = None
-    for name, member, handle in iter_members(path):
-        if handle is None:
-            continue
-        legacy = lock.needs_legacy if lock is not None else True
-        if _kept(name) and member.size <= KEEP_LIMIT:
-            data = handle.read()
-            hasher = dvchash.Hasher(legacy)
-            hasher.update(data)
-            digests[name] = hasher.digest()
-            contents[name] = data
-            if name == LOCK_MEMBER:
-                lock = _parse_lock(data)
-        else:
-            digests[name] = dvchash.hash_stream(handle, legacy)
+    broken: str | None = None  # corrupt compressed data: reported with whatever was read
+    current = "(archive header)"
+    try:
+        for name, member, handle in iter_members(path):
+            current = name
+            if handle is None:
+                continue
+            legacy = lock.needs_legacy if lock is not None else True
+            if _kept(name) and member.size <= KEEP_LIMIT:
+                data = handle.read()
+                hasher = dvchash.Hasher(legacy)
+                hasher.update(data)
+                digests[name] = hasher.digest()
+                contents[name] = data
+                if name == LOCK_MEMBER:
+                    lock = _parse_lock(data)
+            else:
+                digests[name] = dvchash.hash_stream(handle, legacy)
+    except UnsafeArchiveError:
+        raise
+    except BundleError as exc:
+        broken = exc.message
+    except (OSError, EOFError, zlib.error, tarfile.TarError) as exc:
+        broken = f"corrupt archive data while reading member {current!r} ({exc})"
 
-    manifest = _parse_manifest(path, contents.get(MANIFEST))
+    try:
+        manifest = _parse_manifest(path, contents.get(MANIFEST))
+    except BundleVerifyError as exc:
+        raise BundleVerifyError(path, ([broken] if broken else []) + exc.problems) from None
     result = VerifyResult(path, manifest, contents=contents)
+    if broken:
+        result.problems.append(broken)
     result.problems += check_manifest(manifest, digests)
     result.files_checked = len(digests) - 1
     if LOCK_MEMBER not in contents:
