@@ -41,7 +41,6 @@ DIR_LISTINGS = "dvc-dirs"
 ALWAYS_DIRS = (layout.METRICS_DIR, layout.LOGS_DIR, layout.REPORT_DIR)
 PIPELINE_FILES = (layout.DVC_FILE, layout.PARAMS_FILE, ".dvcignore")
 LOCK_FILE = "dvc.lock"
-NEVER = {".dvc", ".git", ".hg"}  # DVC's own state and VCS metadata are not part of a run
 
 
 @dataclass
@@ -67,6 +66,10 @@ def create_bundle(
                 else "run in the directory of the compiled dvc.yaml"
             )
             raise BundleError(f"{root / name} not found: nothing to bundle", hint=hint)
+    if not output.parent.is_dir():
+        raise BundleError(
+            f"{output.parent}: no such directory for the bundle", hint="create it first"
+        )
     if any(output.is_relative_to(root / top) for top in ALWAYS_DIRS):
         raise BundleError(
             f"{output}: a bundle inside {', '.join(ALWAYS_DIRS)}/ would end up in the next bundle",
@@ -84,20 +87,22 @@ def create_bundle(
     outs = sorted({lock.out_for(rel).path for rel in files if lock.out_for(rel)})
     tmp = output.with_name(f".{output.name}.partial")
     tmp.unlink(missing_ok=True)
-    writer = ArchiveWriter(tmp)
+    # weights barely compress (ratio ~0.93 for float tensors) and gzip is the slow part: with
+    # artifacts favour speed; logs, metrics and reports compress well at the default level
+    writer = ArchiveWriter(tmp, compresslevel=1 if with_artifacts else 6)
     manifest: dict[str, dict[str, Any]] = {}
     digests: dict[str, FileDigest] = {}
     try:
-        writer_add_bytes(writer, manifest, f"{PIPELINE}/{LOCK_FILE}", lock_text.encode("utf-8"))
+        _add_bytes(writer, manifest, f"{PIPELINE}/{LOCK_FILE}", lock_text.encode("utf-8"))
         from minispec.bundle.environment import capture
 
         environment = capture(root, params)
-        writer_add_bytes(writer, manifest, ENVIRONMENT, _json_bytes(environment))
+        _add_bytes(writer, manifest, ENVIRONMENT, _json_bytes(environment))
         if spec_file is not None:
-            writer_add_bytes(
+            _add_bytes(
                 writer, manifest, f"{SPEC_DIR}/{Path(spec_file).name}", Path(spec_file).read_bytes()
             )
-        writer_add_bytes(writer, manifest, RESOLVED_SPEC, _json_bytes(resolved_spec(params)))
+        _add_bytes(writer, manifest, RESOLVED_SPEC, _json_bytes(resolved_spec(params)))
         for rel in files:
             hasher = Hasher(legacy=lock.needs_legacy)
             writer.add_file(
@@ -112,7 +117,7 @@ def create_bundle(
                 hint="the files changed after the pipeline ran: run `dvc status`, then rerun the pipeline (or `dvc checkout`) before bundling",
             )
         for md5, listing in sorted(listings.items()):
-            writer_add_bytes(writer, manifest, f"{DIR_LISTINGS}/{md5}", listing)
+            _add_bytes(writer, manifest, f"{DIR_LISTINGS}/{md5}", listing)
         document = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -136,7 +141,7 @@ def create_bundle(
     return BundleSummary(output, len(manifest), output.stat().st_size, outs, document["spec_file"])
 
 
-def writer_add_bytes(writer: ArchiveWriter, manifest: dict, name: str, data: bytes) -> None:
+def _add_bytes(writer: ArchiveWriter, manifest: dict, name: str, data: bytes) -> None:
     hasher = Hasher()
     hasher.update(data)
     writer.add_bytes(name, data)

@@ -265,17 +265,24 @@ def _compare_outs(lock: dvchash.Lock, workspace: Path, result: ReproduceResult) 
 
 
 def format_result(result: ReproduceResult, verbose: bool = False) -> str:
+    """The metrics diff (changed values only unless ``verbose``), outputs and environment."""
     lines = [f"workspace: {result.workspace}", "", "metrics (bundle → reproduction):"]
-    shown = [d for d in result.metrics if verbose or d.status != "same"]
+    for d in result.metrics:
+        if verbose or d.status != "same":
+            lines.append(
+                f"  {d.status.upper():8} {d.file}  {d.key}: {_fmt(d.old)} → {_fmt(d.new)}{_change(d)}"
+            )
+    compared = [d for d in result.metrics if d.status != "added"]
     same = sum(1 for d in result.metrics if d.status == "same")
-    for d in shown:
-        lines.append(f"  {d.status.upper():8} {d.file}  {d.key}: {_fmt(d.old)} → {_fmt(d.new)}")
+    if not compared:
+        lines.append("  the bundle holds no metrics to compare")
     lines.append(f"  {same} of {len(result.metrics)} values identical")
     if result.outs_same or result.outs_changed:
-        lines.append("")
-        lines.append(
-            f"outputs identical to dvc.lock: {len(result.outs_same)} of {len(result.outs_same) + len(result.outs_changed)}"
-        )
+        total = len(result.outs_same) + len(result.outs_changed)
+        lines += [
+            "",
+            f"DVC outputs bit-identical to the bundle's dvc.lock: {len(result.outs_same)} of {total}",
+        ]
         lines += [f"  differs: {path}" for path in result.outs_changed]
     lines += [
         "",
@@ -289,5 +296,11 @@ def _fmt(value: Any) -> str:
     if value is None:
         return "–"
     if isinstance(value, float):
-        return repr(value)
-    return json.dumps(value) if not isinstance(value, str) else value
+        return f"{value:.10g}"
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _change(d: MetricDiff) -> str:
+    if _number(d.old) and _number(d.new) and d.old and d.old != d.new:
+        return f" ({(d.new - d.old) / abs(d.old):+.2%})"
+    return ""
