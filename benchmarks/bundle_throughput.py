@@ -35,12 +35,18 @@ Path("metrics/evaluate.json").write_text('{"students": {"s": {"validation_loss":
 def main(size_mb: int) -> None:
     from minispec.bundle import create_bundle, verify_bundle
 
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", DVC_NO_ANALYTICS="1")
+    env = dict(
+        os.environ,
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        DVC_NO_ANALYTICS="1",
+    )
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "run"
         root.mkdir()
         (root / "make.py").write_text(STAGE)
-        (root / "params.yaml").write_text("version: 1\nname: bench\nteacher: {source: x}\ndata: {source: y}\n")
+        (root / "params.yaml").write_text(
+            "version: 1\nname: bench\nteacher: {source: x}\ndata: {source: y}\n"
+        )
         (root / "dvc.yaml").write_text(
             f"stages:\n  make:\n    cmd: python make.py {size_mb}\n    deps: [make.py]\n"
             "    outs: [models/student]\n    metrics: [{metrics/evaluate.json: {cache: false}}]\n"
@@ -58,9 +64,15 @@ def main(size_mb: int) -> None:
         result = verify_bundle(out)
         verify_s = time.perf_counter() - began
         assert result.ok, result.problems
-        print(f"artifacts: {size_mb} MB in {summary.files} files; bundle {summary.bytes / 1e6:.0f} MB")
-        print(f"bundle create --with-artifacts: {create_s:.1f} s ({size_mb * 1.048576 / create_s:.1f} MB/s)")
-        print(f"bundle verify:                  {verify_s:.1f} s ({size_mb * 1.048576 / verify_s:.1f} MB/s)")
+        print(
+            f"artifacts: {size_mb} MB in {summary.files} files; bundle {summary.bytes / 1e6:.0f} MB"
+        )
+        print(
+            f"bundle create --with-artifacts: {create_s:.1f} s ({size_mb * 1.048576 / create_s:.1f} MB/s)"
+        )
+        print(
+            f"bundle verify:                  {verify_s:.1f} s ({size_mb * 1.048576 / verify_s:.1f} MB/s)"
+        )
 
 
 if __name__ == "__main__":
