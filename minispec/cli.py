@@ -40,7 +40,10 @@ def handle_errors(func):
         except Exception as exc:  # an unexpected failure: say so briefly unless --verbose
             if verbose:
                 raise
-            click.echo(f"error: {type(exc).__name__}: {exc}\nhint: rerun with --verbose for the traceback", err=True)
+            click.echo(
+                f"error: {type(exc).__name__}: {exc}\nhint: rerun with --verbose for the traceback",
+                err=True,
+            )
             sys.exit(EXIT_FAILURE)
 
     return wrapper
@@ -79,7 +82,12 @@ def lint(specs: tuple[Path, ...], overrides: tuple[str, ...]) -> None:
 
 
 @cli.command()
-@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), help="Write the schema to this file instead of stdout.")
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the schema to this file instead of stdout.",
+)
 @handle_errors
 def schema(output: Path | None) -> None:
     """Print the JSON Schema of spec files (generated from the spec models)."""
@@ -99,7 +107,13 @@ def schema(output: Path | None) -> None:
 @cli.command(hidden=False)
 @click.argument("name")
 @click.argument("variant", required=False)
-@click.option("--params", "params_file", default="params.yaml", show_default=True, help="Resolved spec written by `minispec compile`.")
+@click.option(
+    "--params",
+    "params_file",
+    default="params.yaml",
+    show_default=True,
+    help="Resolved spec written by `minispec compile`.",
+)
 @handle_errors
 def stage(name: str, variant: str | None, params_file: str) -> None:
     """Run one torch-engine stage (NAME, and VARIANT for prune/distill/export) in the current pipeline directory."""
@@ -131,13 +145,23 @@ def nemo_logs(stage_name: str, params_file: str) -> None:
     spec = load_params(Path.cwd(), params_file)
     schedule = spec.finetune if stage_name == "finetune" else spec.distill
     if schedule is None or not (stage_name == "finetune" or stage_name.startswith("distill@")):
-        raise MinispecError(f"'{stage_name}' is not a training stage of this spec", hint="use finetune or distill@VARIANT")
-    metrics = convert_stage(stage_name, Path.cwd(), global_batch_size=schedule.global_batch_size, seq_length=spec.data.seq_length)
+        raise MinispecError(
+            f"'{stage_name}' is not a training stage of this spec",
+            hint="use finetune or distill@VARIANT",
+        )
+    metrics = convert_stage(
+        stage_name,
+        Path.cwd(),
+        global_batch_size=schedule.global_batch_size,
+        seq_length=spec.data.seq_length,
+    )
     click.echo(json.dumps(metrics, indent=2))
 
 
 @nemo.command("publish")
-@click.option("--flavor", type=click.Choice(["nemo2", "legacy"]), required=True, help="Checkpoint format.")
+@click.option(
+    "--flavor", type=click.Choice(["nemo2", "legacy"]), required=True, help="Checkpoint format."
+)
 @click.argument("source", type=click.Path(path_type=Path))
 @click.argument("target", type=click.Path(path_type=Path))
 @handle_errors
@@ -149,7 +173,13 @@ def nemo_publish(flavor: str, source: Path, target: Path) -> None:
 
 
 @nemo.command("kd-config")
-@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), required=True, help="YAML file to write.")
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="YAML file to write.",
+)
 @click.option("--params", "params_file", default="params.yaml", show_default=True, help=PARAMS_HELP)
 @handle_errors
 def nemo_kd_config(output: Path, params_file: str) -> None:
@@ -170,6 +200,135 @@ def nemo_evaluate_logs(params_file: str) -> None:
     from minispec.engines.torch.stages import load_params
 
     run_legacy(load_params(Path.cwd(), params_file), Path.cwd())
+
+
+# reports and bundles
+
+
+@cli.command()
+@click.argument(
+    "directory",
+    required=False,
+    default=".",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Write the report to this directory (default: DIR/reports).",
+)
+@handle_errors
+def report(directory: Path, output: Path | None) -> None:
+    """Plots, report.md and a self-contained report.html of the run in DIRECTORY (where dvc.yaml is; default: the current directory)."""
+    from minispec.report.build import report_directory
+
+    result = report_directory(directory, output)
+    click.echo(f"wrote {result.markdown}, {result.html} and {len(result.figures)} figures")
+    for note in result.data.notes:
+        click.echo(f"note: {note}", err=True)
+
+
+@cli.group()
+def bundle() -> None:
+    """Reproducibility bundles: pack a run, check it, rerun it."""
+
+
+@bundle.command("create")
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Bundle file to write (.tar.gz).",
+)
+@click.option(
+    "--with-artifacts",
+    is_flag=True,
+    help="Also pack every DVC output (models, data, importance scores).",
+)
+@click.option(
+    "--spec",
+    "spec_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The spec the pipeline was compiled from (default: the one spec file in the pipeline directory, if any).",
+)
+@click.option(
+    "-C",
+    "--dir",
+    "directory",
+    default=".",
+    show_default=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Pipeline directory (where dvc.yaml and dvc.lock are).",
+)
+@handle_errors
+def bundle_create(
+    output: Path, with_artifacts: bool, spec_file: Path | None, directory: Path
+) -> None:
+    """Pack spec, pipeline, dvc.lock, environment, metrics, plots and logs with a sha256 manifest."""
+    from minispec.bundle import create_bundle
+
+    summary = create_bundle(directory, output, with_artifacts=with_artifacts, spec_file=spec_file)
+    click.echo(f"wrote {summary.path} ({summary.files} files, {summary.bytes:,} bytes)")
+    if summary.spec_file is None:
+        click.echo(
+            "note: no spec file found in the pipeline directory; pass --spec to include the spec as written",
+            err=True,
+        )
+    if summary.outs:
+        click.echo(f"DVC outputs packed: {', '.join(summary.outs)}")
+
+
+@bundle.command("verify")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@handle_errors
+def bundle_verify(file: Path) -> None:
+    """Check every file's sha256 and every bundled artifact against the bundle's dvc.lock."""
+    from minispec.bundle import verify_bundle
+
+    result = verify_bundle(file).raise_for_problems()
+    click.echo(
+        f"{file}: ok ({result.files_checked} files match the manifest, {result.outs_checked} DVC outputs and inputs match dvc.lock)"
+    )
+
+
+@bundle.command("reproduce")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Fresh directory to unpack and rerun in (default: a new temporary directory).",
+)
+@click.option(
+    "--rtol",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Relative tolerance for metrics (GPU runs are not bit-exact: try 1e-3).",
+)
+@click.option(
+    "--atol",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Absolute tolerance for metrics.",
+)
+@handle_errors
+def bundle_reproduce(file: Path, directory: Path | None, rtol: float, atol: float) -> None:
+    """Verify FILE, rerun its pipeline in a fresh workspace and diff the metrics (exit 1 when they differ)."""
+    from minispec.bundle.reproduce import format_result, reproduce_bundle
+
+    ctx = click.get_current_context()
+    result = reproduce_bundle(file, directory, rtol=rtol, atol=atol)
+    click.echo(format_result(result, verbose=(ctx.find_root().obj or {}).get("verbose", False)))
+    if not result.ok:
+        click.echo(
+            "error: the reproduced metrics differ from the bundle's beyond the tolerance", err=True
+        )
+        sys.exit(EXIT_FAILURE)
+    click.echo("reproduced: metrics match the bundle")
 
 
 def main() -> None:

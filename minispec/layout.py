@@ -144,3 +144,42 @@ def nemo_index_mapping_dir(stage: str) -> str:
 def nemo_kd_config_path(variant: str) -> str:
     """The knowledge-distillation YAML that ``gpt_train.py --kd_config`` reads for a student."""
     return f"{log_dir('distill@' + variant)}/kd_config.yaml"
+
+
+# ---- importance scores (the importance/prune stages write them; the report reads them) --------
+#
+# depth_scores_path(v), JSON, written when a depth variant is chosen by importance:
+#   {"metric": "lm_loss" | "block_influence",
+#    "num_layers": N,
+#    "per_layer": [s_1, ..., s_N],      score of decoder layer i (1-indexed) at position i-1;
+#                                       higher = more important (lm_loss: the LM loss with that
+#                                       layer removed; block_influence: 1 - cos(input, output))
+#    "per_block": [{"start": a, "end": b, "score": s}, ...],   contiguous 1-indexed blocks
+#                                       [a, b] (inclusive) and the score of removing them
+#    "dropped_layers": [...]}           the 1-indexed layers the variant removes
+#
+# width_importance_path(), safetensors of float tensors, one set for all width variants:
+#   "mlp.<i>"    [intermediate_size]    MLP neuron importance of decoder layer i
+#   "heads.<i>"  [num_attention_heads]  attention (query) head importance of decoder layer i
+#   "hidden"     [hidden_size]          embedding-channel importance (norm-layer outputs)
+# where i is the 0-based index of the HF module `model.layers.<i>` (reports show i + 1).
+WIDTH_MLP_KEY = "mlp.{layer}"
+WIDTH_HEADS_KEY = "heads.{layer}"
+WIDTH_HIDDEN_KEY = "hidden"
+
+
+# ---- report (the report stage and `minispec report`) -----------------------------------------
+REPORT_MARKDOWN = f"{REPORT_DIR}/report.md"
+REPORT_HTML = f"{REPORT_DIR}/report.html"
+REPORT_PLOTS_DIR = f"{REPORT_DIR}/plots"  # PNG figures and plots.json (what each figure draws)
+REPORT_DATA_DIR = f"{REPORT_DIR}/data"  # tables behind the figures, also used as DVC plots
+
+
+def report_models_path() -> str:
+    """The comparison table as JSON records (one per model), a DVC plot source."""
+    return f"{REPORT_DATA_DIR}/models.json"
+
+
+def report_depth_scores_path(variant: str) -> str:
+    """Per-layer depth importance of a variant as JSON records ``{layer, score, dropped}``."""
+    return f"{REPORT_DATA_DIR}/depth-{variant}.json"

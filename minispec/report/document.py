@@ -1,0 +1,276 @@
+"""The report as a list of blocks, rendered to Markdown and to one self-contained HTML file.
+
+Both renderings come from the same blocks, so they always say the same thing. The HTML embeds
+every figure as a ``data:image/png;base64`` URI and loads nothing from elsewhere; every piece of
+text from the run (names, paths, notes) is HTML-escaped.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from minispec.report.collect import ModelRow, RunData, sort_stages, stage_label
+from minispec.report.plots import FigureInfo
+
+SPLITS = ("validation", "test")
+TRAINING_COLUMNS = (
+    ("steps", "steps", "int"),
+    ("tokens", "tokens", "int"),
+    ("initial_val_loss", "initial val loss", "loss"),
+    ("final_val_loss", "final val loss", "loss"),
+    ("final_train_loss", "final train loss", "loss"),
+    ("tokens_per_second", "tokens/s", "speed"),
+)
+
+
+@dataclass
+class Block:
+    kind: str  # h1 | h2 | h3 | p | table | figure | list
+    text: str = ""
+    header: tuple[str, ...] = ()
+    rows: tuple[tuple[str, ...], ...] = ()
+    figure: FigureInfo | None = None
+    items: tuple[str, ...] = ()
+
+
+# ---- numbers --------------------------------------------------------------------------------
+
+
+def fmt(value: Any, kind: str) -> str:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return "–"
+    if kind == "params":
+        if value >= 1e9:
+            return f"{value / 1e9:,.2f} B"
+        return f"{value / 1e6:,.2f} M" if value >= 1e6 else f"{int(value):,}"
+    if kind == "int":
+        return f"{int(value):,}"
+    if kind == "loss":
+        return f"{value:.4f}"
+    if kind == "ppl":
+        return f"{value:,.2f}"
+    if kind == "speed":
+        return f"{value:,.1f}"
+    if kind == "ratio":
+        return f"{value:.2f}×"
+    if kind == "seconds":
+        return f"{value:.3f}"
+    return f"{value:g}"
+
+
+def model_records(data: RunData) -> list[dict[str, Any]]:
+    """The comparison table as records (teacher first, then corrected teacher, students by name)."""
+    teacher = data.model("teacher")
+    base_speed = teacher.number("tokens_per_second") if teacher else None
+    records = []
+    for model in data.models:
+        record: dict[str, Any] = {"model": model.label}
+        for key in ("params_total", "params_non_embedding"):
+            record[key] = model.number(key)
+        for split in SPLITS:
+            for metric in ("loss", "perplexity"):
+                record[f"{split}_{metric}"] = model.number(f"{split}_{metric}")
+        record["tokens_per_second"] = model.number("tokens_per_second")
+        record["latency_seconds"] = model.number("latency_seconds")
+        speed = record["tokens_per_second"]
+        record["speedup"] = speed / base_speed if speed and base_speed else None
+        records.append(record)
+    return records
+
+
+def _splits_present(models: list[ModelRow]) -> list[str]:
+    return [s for s in SPLITS if any(m.number(f"{s}_loss") is not None for m in models)]
+
+
+def models_table(data: RunData) -> Block:
+    splits = _splits_present(data.models)
+    header = ["model", "parameters", "non-embedding parameters"]
+    for split in splits:
+        header += [f"{split} loss", f"{split} perplexity"]
+    header += ["tokens/s", "speed-up vs teacher"]
+    rows = []
+    for record in model_records(data):
+        row = [
+            record["model"],
+            fmt(record["params_total"], "params"),
+            fmt(record["params_non_embedding"], "params"),
+        ]
+        for split in splits:
+            row += [fmt(record[f"{split}_loss"], "loss"), fmt(record[f"{split}_perplexity"], "ppl")]
+        row += [fmt(record["tokens_per_second"], "speed"), fmt(record["speedup"], "ratio")]
+        rows.append(tuple(row))
+    return Block("table", header=tuple(header), rows=tuple(rows))
+
+
+def training_table(data: RunData) -> Block | None:
+    stages = sort_stages(
+        [s for s in data.stage_metrics if s == "finetune" or s.startswith("distill-")]
+    )
+    if not stages:
+        return None
+    header = ("stage",) + tuple(label for _, label, _ in TRAINING_COLUMNS)
+    rows = tuple(
+        (stage_label(stage),)
+        + tuple(fmt(data.stage_metrics[stage].get(key), kind) for key, _, kind in TRAINING_COLUMNS)
+        for stage in stages
+    )
+    return Block("table", header=header, rows=rows)
+
+
+def other_metrics(data: RunData) -> list[str]:
+    """Scalar metrics of the other stages (prune, importance, ...), flattened as ``key = value``."""
+    items = []
+    for stage in sorted(data.stage_metrics):
+        if stage == "finetune" or stage.startswith("distill-"):
+            continue
+        for key, value in _flatten(data.stage_metrics[stage]):
+            items.append(f"{stage}: {key} = {value}")
+    return items
+
+
+def _flatten(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    if isinstance(value, dict):
+        out = []
+        for key in sorted(value, key=str):
+            out += _flatten(value[key], f"{prefix}.{key}" if prefix else str(key))
+        return out
+    if isinstance(value, (int, float, str, bool)) or value is None:
+        return [(prefix, value)]
+    if (
+        isinstance(value, list)
+        and len(value) <= 32
+        and all(isinstance(v, (int, float, str)) for v in value)
+    ):
+        return [(prefix, value)]
+    return [(prefix, f"<{type(value).__name__} of {len(value)}>")]
+
+
+# ---- blocks ---------------------------------------------------------------------------------
+
+
+def build_blocks(data: RunData, figures: list[FigureInfo]) -> list[Block]:
+    blocks = [Block("h1", f"{data.title} — compression report")]
+    facts = []
+    if data.engine:
+        facts.append(f"engine: {data.engine}")
+    if data.teacher_source:
+        facts.append(f"teacher: {data.teacher_source}")
+    if facts:
+        blocks.append(Block("p", " · ".join(facts)))
+
+    blocks.append(Block("h2", "Models"))
+    if data.models:
+        blocks.append(models_table(data))
+        blocks.append(
+            Block(
+                "p",
+                "Losses are mean token cross-entropy (nats) in seq_length windows; perplexity is its "
+                "exponential. Tokens/s is generation throughput measured by the evaluate stage; "
+                "speed-up is relative to the original teacher.",
+            )
+        )
+    else:
+        blocks.append(Block("p", "No evaluation results."))
+    by_section = {
+        s: [f for f in figures if f.section == s] for s in ("models", "curves", "pruning")
+    }
+    for figure in by_section["models"]:
+        blocks.append(Block("figure", figure=figure))
+
+    training = training_table(data)
+    if training or by_section["curves"]:
+        blocks.append(Block("h2", "Training"))
+        if training:
+            blocks.append(training)
+        for figure in by_section["curves"]:
+            blocks += [Block("h3", figure.title), Block("figure", figure=figure)]
+
+    if by_section["pruning"]:
+        blocks.append(Block("h2", "Pruning"))
+        for figure in by_section["pruning"]:
+            blocks += [Block("h3", figure.title), Block("figure", figure=figure)]
+
+    others = other_metrics(data)
+    if others:
+        blocks += [Block("h2", "Other stage metrics"), Block("list", items=tuple(others))]
+    if data.notes:
+        blocks += [Block("h2", "Notes"), Block("list", items=tuple(data.notes))]
+    return blocks
+
+
+# ---- rendering ------------------------------------------------------------------------------
+
+
+def _md_cell(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+
+
+def render_markdown(blocks: list[Block], plots_rel: str = "plots") -> str:
+    out: list[str] = []
+    for block in blocks:
+        if block.kind in ("h1", "h2", "h3"):
+            out.append("#" * int(block.kind[1]) + " " + block.text)
+        elif block.kind == "p":
+            out.append(block.text)
+        elif block.kind == "table":
+            out.append("| " + " | ".join(_md_cell(h) for h in block.header) + " |")
+            out.append("|" + "|".join(["---"] + ["---:"] * (len(block.header) - 1)) + "|")
+            out += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in block.rows]
+        elif block.kind == "figure":
+            out.append(f"![{_md_cell(block.figure.title)}]({plots_rel}/{block.figure.file})")
+        elif block.kind == "list":
+            out += [f"- {item}" for item in block.items]
+        out.append("")
+    return "\n".join(out).rstrip() + "\n"
+
+
+STYLE = """
+body { font-family: system-ui, sans-serif; max-width: 60rem; margin: 2rem auto; padding: 0 1rem; color: #222; }
+table { border-collapse: collapse; margin: 1rem 0; font-size: 0.9rem; }
+th, td { border: 1px solid #ccc; padding: 0.3rem 0.6rem; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+th { background: #f3f3f3; }
+img { max-width: 100%; }
+li { font-family: ui-monospace, monospace; font-size: 0.85rem; }
+"""
+
+
+def render_html(blocks: list[Block], plots_dir: Path) -> str:
+    esc = html.escape
+    title = next((b.text for b in blocks if b.kind == "h1"), "minispec report")
+    out = [
+        "<!DOCTYPE html>",
+        '<html lang="en">',
+        "<head>",
+        '<meta charset="utf-8">',
+        f"<title>{esc(title)}</title>",
+        f"<style>{STYLE}</style>",
+        "</head>",
+        "<body>",
+    ]
+    for block in blocks:
+        if block.kind in ("h1", "h2", "h3"):
+            out.append(f"<{block.kind}>{esc(block.text)}</{block.kind}>")
+        elif block.kind == "p":
+            out.append(f"<p>{esc(block.text)}</p>")
+        elif block.kind == "table":
+            out.append("<table>")
+            out.append("<tr>" + "".join(f"<th>{esc(h)}</th>" for h in block.header) + "</tr>")
+            out += [
+                "<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in block.rows
+            ]
+            out.append("</table>")
+        elif block.kind == "figure":
+            encoded = base64.b64encode((plots_dir / block.figure.file).read_bytes()).decode("ascii")
+            out.append(
+                f'<figure><img alt="{esc(block.figure.title)}" src="data:image/png;base64,{encoded}"></figure>'
+            )
+        elif block.kind == "list":
+            out.append("<ul>" + "".join(f"<li>{esc(item)}</li>" for item in block.items) + "</ul>")
+    out += ["</body>", "</html>"]
+    return "\n".join(out) + "\n"

@@ -1,0 +1,69 @@
+"""The top-level ``plots:`` section of ``dvc.yaml``: the report's curves as DVC plots.
+
+``dvc plots show`` (and ``dvc plots diff`` across experiments) then renders the same loss curves
+as the report, straight from the DVCLive TSVs, plus the model comparison and the per-layer depth
+importance from the report's ``data/*.json``. A pure function of the spec: the compiler calls it
+and writes the result under ``plots:`` (no matplotlib, no DVC import here).
+"""
+
+from __future__ import annotations
+
+from minispec import layout
+
+
+def training_stages(spec) -> list[str]:
+    """Log directory names of the training stages: teacher correction, then students by name."""
+    stages = ["finetune"] if spec.finetune is not None else []
+    return stages + [f"distill-{v}" for v in sorted(spec.students)]
+
+
+def dvc_plots(spec) -> list[dict]:
+    """Plot definitions in DVC's top-level format: ``[{id: {template, x, y, title, ...}}, ...]``."""
+    stages = training_stages(spec)
+    plots: list[dict] = []
+    if stages:
+        for split, name, title in (
+            ("val", "validation_loss", "Validation loss"),
+            ("train", "train_loss", "Training loss"),
+        ):
+            path = layout.val_curve_path if split == "val" else layout.train_curve_path
+            plots.append(
+                {
+                    name: {
+                        "template": "linear",
+                        "title": title,
+                        "x": "step",
+                        "x_label": "step",
+                        "y_label": "loss",
+                        "y": {path(stage): "loss" for stage in stages},
+                    }
+                }
+            )
+    if spec.prune:
+        plots.append(
+            {
+                "models": {
+                    "template": "scatter",
+                    "title": "Parameters vs validation loss",
+                    "x": "params_total",
+                    "x_label": "parameters",
+                    "y_label": "validation loss",
+                    "y": {layout.report_models_path(): "validation_loss"},
+                }
+            }
+        )
+    for name, variant in sorted(spec.depth_variants.items()):
+        if variant.target_num_layers is not None:  # scores exist only for importance-chosen depth
+            plots.append(
+                {
+                    f"depth_importance_{name}": {
+                        "template": "bar_horizontal",
+                        "title": f"Depth importance ({name})",
+                        "x": "score",
+                        "y": {layout.report_depth_scores_path(name): "layer"},
+                        "x_label": variant.importance,
+                        "y_label": "layer",
+                    }
+                }
+            )
+    return plots
