@@ -176,7 +176,26 @@ def read_document(file: Path) -> tuple[Any, dict[KeyPath, Position]]:
                 )
             ]
         ) from None
+    if file.suffix.lower() == ".json":
+        return parse_json(text, shown)
     return parse_yaml(text, shown)
+
+
+def parse_json(text: str, shown: str) -> tuple[Any, dict[KeyPath, Position]]:
+    """JSON is YAML 1.2, so the YAML reader gives positions; JSON's own parser words its errors."""
+    import json
+
+    try:
+        return parse_yaml(text, shown)
+    except SpecError as yaml_error:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            problem = Problem(shown, f"invalid JSON: {exc.msg}", line=exc.lineno, col=exc.colno)
+            raise SpecError([problem]) from None
+        if any(p.path for p in yaml_error.problems):  # parsed, but holds what a spec may not
+            raise
+        return data, {}  # valid JSON the YAML reader refuses: no positions, but no false error
 
 
 def parse_yaml(text: str, shown: str) -> tuple[Any, dict[KeyPath, Position]]:
@@ -210,6 +229,8 @@ def _yaml_problem(exc: Any, shown: str) -> Problem:
         hint = "each key may appear once per mapping; remove or merge the repeated key"
     elif "expected a single document" in message:
         hint = "a spec is one YAML document; remove the extra '---' and what follows"
+    elif "block end" in message or "block mapping" in message or "block collection" in message:
+        hint = "check the indentation: the keys of one mapping start in the same column"
     elif "mapping values are not allowed" in message:
         hint = "put a space after ':' and quote values that contain ': '"
     else:
@@ -251,7 +272,7 @@ class _Converter:
         if isinstance(node, TaggedScalar) or (tag and tag not in PLAIN_TAGS):
             self._problem(
                 path,
-                f"YAML tag '{tag}' is not allowed in a spec",
+                f"YAML tag '{str(tag).replace('tag:yaml.org,2002:', '!!')}' is not allowed in a spec",
                 hint="remove the tag: a spec holds plain data only",
             )
             return None
@@ -429,16 +450,12 @@ def load_spec_partial(
             )
         ]
     if not isinstance(raw, dict):
-        return None, [
-            Problem(
-                shown,
-                f"the spec must be a mapping of keys to values, not {_kind_of(raw)}",
-                line=1,
-                col=1,
-                hint="a spec starts with keys such as 'version: 1'",
-            )
-        ]
+        message = f"the spec must be a mapping of keys to values, not {_kind_of(raw)}"
+        line = _first_content_line(file)
+        hint = "a spec starts with keys such as 'version: 1'"
+        return None, [Problem(shown, message, line=line, col=1 if line else None, hint=hint)]
 
+    raw.pop("$schema", None)  # JSON specs name their schema for editors; it is not a setting
     problems: list[Problem] = []
     parsed: list[Override] = []
     for text in overrides:
@@ -467,6 +484,18 @@ def load_spec_partial(
     return LoadedSpec(
         file=file, spec=spec, raw=raw, positions=positions, overrides=applied
     ), problems
+
+
+def _first_content_line(file: Path) -> int | None:
+    """The first line that is neither blank nor a comment (where the document starts)."""
+    try:
+        lines = file.read_text(encoding="utf-8-sig").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return None
+    for number, line in enumerate(lines, start=1):
+        if line.strip() and not line.lstrip().startswith("#"):
+            return number
+    return None
 
 
 def _kind_of(value: Any) -> str:

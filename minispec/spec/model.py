@@ -371,6 +371,16 @@ class NemoSpec(StrictModel):
     slurm: SlurmSpec = Field(default_factory=SlurmSpec, description="Slurm settings.")
 
 
+def _spec_schema_extra(schema: dict) -> None:
+    """The schema's id, and the ``$schema`` key JSON specs use to name their schema for editors
+    (the loader drops it before validation; YAML specs name it in a comment instead)."""
+    schema["$id"] = SCHEMA_ID
+    schema["properties"] = {
+        "$schema": {"type": "string", "description": "JSON Schema of this file, for editors."},
+        **schema["properties"],
+    }
+
+
 class Spec(StrictModel):
     """A minispec compression spec."""
 
@@ -378,7 +388,7 @@ class Spec(StrictModel):
         extra="forbid",
         validate_assignment=True,
         title="minispec compression spec",
-        json_schema_extra={"$id": SCHEMA_ID},
+        json_schema_extra=_spec_schema_extra,
     )
 
     version: Literal[1] = Field(description="Spec format version.")
