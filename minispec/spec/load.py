@@ -25,8 +25,10 @@ Relative paths in a spec are relative to the spec file's directory; relative pat
 
 from __future__ import annotations
 
+import datetime
 import difflib
 import os
+import re
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +39,7 @@ from minispec.spec.model import Spec
 
 MAX_SPEC_BYTES = 1024 * 1024  # a spec is a few KiB; anything near this is not a spec
 MAX_NODES = 100_000  # values after alias expansion: stops "billion laughs" documents
+MAX_FLOW_DEPTH = 64  # [[[...]]] nesting; a spec needs 3
 Position = tuple[int, int]  # 1-based line, column
 KeyPath = tuple[str | int, ...]
 
@@ -205,6 +208,10 @@ def parse_yaml(text: str, shown: str) -> tuple[Any, dict[KeyPath, Position]]:
 
     yaml = YAML(typ="rt", pure=True)  # round-trip loader: no object construction, keeps positions
     yaml.allow_duplicate_keys = False
+    if flow_depth(text) > MAX_FLOW_DEPTH:
+        # the YAML parser recurses per level and slows down quadratically long before it fails
+        message = f"invalid YAML: brackets nested more than {MAX_FLOW_DEPTH} levels deep"
+        raise SpecError([Problem(shown, message)])
     try:
         document = yaml.load(text)
     except MarkedYAMLError as exc:
@@ -218,6 +225,20 @@ def parse_yaml(text: str, shown: str) -> tuple[Any, dict[KeyPath, Position]]:
     if converter.problems:
         raise SpecError(converter.problems)
     return plain, converter.positions
+
+
+_QUOTED = re.compile(r'"(?:[^"\\\n]|\\.)*"|\'(?:[^\'\n]|\'\')*\'')
+_COMMENT = re.compile(r"(?:^|\s)#.*$", re.MULTILINE)
+_BRACKETS = re.compile(r"[\[\]{}]")
+
+
+def flow_depth(text: str) -> int:
+    """Deepest nesting of flow brackets outside quotes and comments (a cheap over-estimate)."""
+    depth = deepest = 0
+    for match in _BRACKETS.finditer(_COMMENT.sub("", _QUOTED.sub("", text))):
+        depth = depth + 1 if match.group() in "[{" else max(0, depth - 1)
+        deepest = max(deepest, depth)
+    return deepest
 
 
 def _yaml_problem(exc: Any, shown: str) -> Problem:
@@ -297,14 +318,14 @@ class _Converter:
             return int(node)
         if isinstance(node, float):
             return float(node)
-        if isinstance(node, (bytes, set, frozenset)):
-            self._problem(
-                path,
-                f"a YAML {type(node).__name__} is not allowed in a spec",
-                hint="use plain strings, numbers, lists and mappings",
-            )
-            return None
-        return node  # dates and times: the schema says what it expected instead
+        if isinstance(node, datetime.date):
+            return node  # an unquoted date: the schema says what it expected instead
+        self._problem(
+            path,
+            f"a YAML {type(node).__name__} value is not allowed in a spec",
+            hint="use plain strings, numbers, lists and mappings",
+        )
+        return None
 
     def _mapping(self, node: Any, path: KeyPath) -> dict[str, Any]:
         out = {}
