@@ -119,7 +119,9 @@ def schema(output: Path | None) -> None:
     if output is None:
         click.echo(text, nl=False)
     else:
-        output.write_text(text, encoding="utf-8")
+        from minispec.fsio import write_text_atomic
+
+        write_text_atomic(output, text)
 
 
 # --------------------------------------------------------------------------------------------
