@@ -90,7 +90,7 @@ def test_overrides_apply_and_errors_point_at_them():
     assert result.stderr.splitlines() == [
         "--set distill.steps=0: distill.steps: must be ≥ 1 (got 0)",
         "--set data.seq_length=4096: data.seq_length: seq_length 4096 exceeds the teacher's 512 positions "
-        f"(hint: at most 512 (max_position_embeddings from GGUF metadata of tiny-llama.gguf))",
+        "(hint: at most 512 (max_position_embeddings from GGUF metadata of tiny-llama.gguf))",
     ]
     fixed = lint(
         VALID / "override-repairs.yaml",
