@@ -31,7 +31,9 @@ class StrictModel(BaseModel):
     """Base of every spec block: unknown keys are errors, values are validated on assignment."""
 
     # Infinity and NaN are never meaningful in a spec (and JSON Schema has no way to say them).
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, allow_inf_nan=False, defer_build=True
+    )
 
 
 # --------------------------------------------------------------------------------------------

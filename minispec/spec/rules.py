@@ -292,6 +292,21 @@ def _head_grouping(
 
 
 @rule()
+def variant_names(loaded: LoadedSpec) -> Iterator[Problem]:
+    """Variant names become directory names: two that differ only in case collide on macOS and
+    Windows file systems."""
+    seen: dict[str, str] = {}
+    for name in loaded.spec.prune:
+        other = seen.setdefault(name.lower(), name)
+        if other != name:
+            yield loaded.locate(
+                ("prune", name),
+                f"variant '{name}' differs from '{other}' only in case; their directories would collide on case-insensitive file systems",
+                hint="give each variant a distinct name",
+            )
+
+
+@rule()
 def width_calibration_shared(loaded: LoadedSpec) -> Iterator[Problem]:
     """One activation-importance pass serves every width variant, so they share its samples."""
     first: tuple[str, int] | None = None
@@ -525,6 +540,19 @@ def accelerator(loaded: LoadedSpec) -> Iterator[Problem]:
         yield loaded.locate(
             ("resources", "strategy"),
             "strategy is a torch-engine setting; the nemo engine ignores it",
+            severity="warning",
+        )
+
+
+@rule("resources", "teacher")
+def half_precision_on_cpu(loaded: LoadedSpec) -> Iterator[Problem]:
+    """float16 compute on CPUs is slow or missing; bfloat16 or float32 is what works there.
+    (export.dtype only sets how weights are stored, so float16 is fine there.)"""
+    if loaded.spec.resources.accelerator == "cpu" and loaded.spec.teacher.dtype == "float16":
+        yield loaded.locate(
+            ("teacher", "dtype"),
+            "float16 on a CPU is slow and some operations lack float16 kernels",
+            hint="use float32 (or bfloat16) with accelerator: cpu",
             severity="warning",
         )
 
