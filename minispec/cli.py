@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -141,4 +142,7 @@ def stage(name: str, variant: str | None, params_file: str) -> None:
 
 
 def main() -> None:
+    # minispec uses no pydantic plugins; looking for them scans every installed distribution's
+    # entry points (~25 ms of the 0.5 s start-up budget). Set the variable to '' to look anyway.
+    os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
     cli(prog_name="minispec")

@@ -26,7 +26,6 @@ Relative paths in a spec are relative to the spec file's directory; relative pat
 from __future__ import annotations
 
 import datetime
-import difflib
 import os
 import re
 import stat
@@ -645,5 +644,7 @@ def data_path(loc: tuple[Any, ...], raw: Any) -> KeyPath:
 
 
 def did_you_mean(word: str, choices: list[str]) -> str | None:
+    import difflib
+
     close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
     return f"did you mean '{close[0]}'?" if close else None

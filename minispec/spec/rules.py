@@ -129,10 +129,14 @@ def teacher_revision(loaded: LoadedSpec) -> Iterator[Problem]:
         )
 
 
+# The torch engine's architectures (minispec.engines.torch.modeling.SUPPORTED_MODEL_TYPES),
+# repeated here so that lint does not import the engine's modules (tempfile, shutil, ...);
+# tests/spec/test_rules.py fails when the two differ.
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+
+
 @rule("teacher", "engine")
 def teacher_architecture(loaded: LoadedSpec) -> Iterator[Problem]:
-    from minispec.engines.torch.modeling import SUPPORTED_MODEL_TYPES
-
     shapes = teacher_shapes(loaded)
     if loaded.spec.engine != "torch" or shapes is None or shapes.model_type is None:
         return
