@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
@@ -30,7 +31,17 @@ COMMANDS = {
     "schema": ["schema"],
 }
 FORBIDDEN = ("torch", "transformers")
-WATCHED = ("torch", "transformers", "dvc", "datasets", "numpy", "gguf", "safetensors", "pandas", "jsonschema")
+WATCHED = (
+    "torch",
+    "transformers",
+    "dvc",
+    "datasets",
+    "numpy",
+    "gguf",
+    "safetensors",
+    "pandas",
+    "jsonschema",
+)
 
 PROBE = """
 import sys
@@ -61,22 +72,35 @@ def launcher() -> list[str]:
     return [found] if found else [sys.executable, "-m", "minispec"]
 
 
-def wall_times(argv: list[str], repeats: int) -> list[float]:
-    times = []
+def run_times(argv: list[str], repeats: int) -> tuple[list[float], list[float]]:
+    """Wall and CPU (user + system) seconds of ``repeats`` fresh processes.
+
+    CPU time barely moves when other work shares the machine; wall time does, so both are
+    reported (with the load average) to tell a slow start-up from a busy machine.
+    """
+    walls, cpus = [], []
     env = environment()
     for _ in range(repeats):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.perf_counter()
         process = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, check=False)
-        times.append(time.perf_counter() - start)
+        walls.append(time.perf_counter() - start)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpus.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
         if process.returncode != 0:
             sys.exit(f"{' '.join(argv)} failed ({process.returncode}):\n{process.stderr.decode()}")
-    return times
+    return walls, cpus
 
 
 def imported_heavy_modules(args: list[str]) -> list[str]:
     probe = PROBE.format(watched=WATCHED)
     process = subprocess.run(
-        [sys.executable, "-c", probe, *args], cwd=REPO, env=environment(), capture_output=True, text=True, check=False
+        [sys.executable, "-c", probe, *args],
+        cwd=REPO,
+        env=environment(),
+        capture_output=True,
+        text=True,
+        check=False,
     )
     return json.loads(process.stderr.strip().splitlines()[-1])
 
@@ -86,23 +110,40 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=15)
     args = parser.parse_args()
 
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}")
-    baseline = statistics.median(wall_times([sys.executable, "-c", "pass"], args.repeats))
-    print(f"{'python -c pass (interpreter alone)':<40} median {baseline:.3f} s")
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(
+        f"machine: {cpu_model()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, load average {load}"
+    )
+    walls, cpus = run_times([sys.executable, "-c", "pass"], args.repeats)
+    print(
+        f"{'python -c pass (interpreter alone)':<38} wall median {statistics.median(walls):.3f} s  cpu median {statistics.median(cpus):.3f} s"
+    )
     failed = False
     for name, command in COMMANDS.items():
-        times = wall_times(launcher() + command, args.repeats)
-        median = statistics.median(times)
+        walls, cpus = run_times(launcher() + command, args.repeats)
+        median = statistics.median(walls)
         heavy = imported_heavy_modules(command)
         over = median > BUDGET_S
         forbidden = [m for m in heavy if m in FORBIDDEN]
         failed |= over or bool(forbidden)
         print(
-            f"minispec {name:<31} median {median:.3f} s  min {min(times):.3f}  max {max(times):.3f}  "
-            f"({args.repeats} runs; budget {BUDGET_S} s: {'OVER' if over else 'ok'})"
+            f"minispec {name:<29} wall median {median:.3f} s (min {min(walls):.3f}, max {max(walls):.3f})  "
+            f"cpu median {statistics.median(cpus):.3f} s  [{args.repeats} runs; budget {BUDGET_S} s: {'OVER' if over else 'ok'}]"
         )
-        print(f"{'':<40} heavy modules imported: {', '.join(heavy) or 'none'}{'  <- FORBIDDEN' if forbidden else ''}")
+        print(
+            f"{'':<38} heavy modules imported: {', '.join(heavy) or 'none'}{'  <- FORBIDDEN' if forbidden else ''}"
+        )
     return 1 if failed else 0
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 if __name__ == "__main__":

@@ -332,11 +332,21 @@ class _Converter:
         out = {}
         own = getattr(node.lc, "data", None) or {}
         for key in node:
-            if isinstance(key, (list, dict)) or key is None:
-                self._problem(path, f"a key must be a name, not {key!r}")
-                continue
             # keys merged in with `<<: *anchor` have no position of their own: use the mapping's
             line, col = node.lc.key(key) if key in own else (node.lc.line, node.lc.col)
+            if key is None or not isinstance(key, (str, int, float)):
+                shown = (
+                    "null" if key is None else ("a mapping" if hasattr(key, "keys") else "a list")
+                )
+                problem = Problem(
+                    self.shown,
+                    f"a key must be a name, not {shown}",
+                    path=path,
+                    line=line + 1,
+                    col=col + 1,
+                )
+                self.problems.append(problem)
+                continue
             self.positions[path + (str(key),)] = (line + 1, col + 1)
             out[str(key)] = self.convert(node[key], path + (str(key),))
         return out

@@ -230,3 +230,14 @@ def test_partial_spec_keeps_the_units_that_validated(tmp_path):
     assert (
         loaded.is_valid("data") and not loaded.is_valid("prune") and not loaded.is_valid("finetune")
     )
+
+
+def test_keys_must_be_names(tmp_path):
+    path = write(tmp_path, "s.yaml", "version: 1\n~: x\n[a, b]: 2\n{c: d}: 3\n")
+    loaded, problems = load_spec_partial(path)
+    assert loaded is None
+    assert [(p.line, p.message) for p in problems] == [
+        (2, "a key must be a name, not null"),
+        (3, "a key must be a name, not a list"),
+        (4, "a key must be a name, not a mapping"),
+    ]

@@ -83,3 +83,41 @@ def test_lint_imports_neither_torch_nor_transformers_nor_the_engines():
         [sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_lint_never_crashes_on_mutated_specs(tmp_path):
+    """Seeded mutations of valid specs (wrong types, removed keys, odd values everywhere):
+    lint must always answer with located problems, never raise."""
+    import random
+
+    from minispec.spec.load import read_document
+
+    rng = random.Random(1234)
+    odd_values = [None, -1, 0, 10**12, 2.5, "", "x", True, [], {}, [1, "a"], {"k": 1}, "hf://", "../nowhere"]
+    bases = [read_document(p)[0] for p in sorted((REPO / "tests" / "fixtures" / "specs" / "valid").glob("*.yaml"))]
+
+    def mutate(node, depth=0):
+        if isinstance(node, dict) and node:
+            key = rng.choice(list(node))
+            roll = rng.random()
+            if roll < 0.2:
+                del node[key]
+            elif roll < 0.6 or depth > 3:
+                node[key] = rng.choice(odd_values)
+            else:
+                mutate(node[key], depth + 1)
+        elif isinstance(node, list) and node:
+            node[rng.randrange(len(node))] = rng.choice(odd_values)
+
+    import copy
+    import json as jsonlib
+
+    for index in range(300):
+        data = copy.deepcopy(rng.choice(bases))
+        for _ in range(rng.randint(1, 4)):
+            mutate(data)
+        spec = tmp_path / f"m{index}.json"
+        spec.write_text(jsonlib.dumps(data).replace("../../teachers", str(REPO / "tests" / "fixtures" / "teachers")))
+        result = lint_file(spec)
+        for problem in result.problems:
+            assert problem.file == str(spec) and problem.message
