@@ -105,13 +105,21 @@ def local_shapes(path: Path) -> TeacherShapes:
                 f"{path} has no config.json, so it is not a Hugging Face model directory",
                 hint="point teacher.source at the directory save_pretrained wrote, or at a .gguf file",
             )
-        return config_shapes(config, f"config.json in {path}")
+        return config_shapes(config, f"config.json in {shown_path(path)}")
     if path.suffix.lower() == ".gguf":
         return gguf_shapes(path)
     raise MinispecError(
         f"{path} is neither a model directory nor a .gguf file",
         hint="teacher.source takes a Hugging Face model directory (with config.json), a .gguf file, pkg://PACKAGE/FILE or hf://ORG/NAME",
     )
+
+
+def shown_path(path: Path) -> str:
+    """``path`` relative to the current directory when it lies below it (shorter messages)."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 # --------------------------------------------------------------------------------------------
