@@ -96,7 +96,7 @@ class LoadedSpec:
 
     def is_valid(self, block: str) -> bool:
         """Whether the top-level ``block`` (all of it, every prune variant included) validated."""
-        return not any(unit[0] == block for unit in self.invalid)
+        return not any(not unit or unit[0] == block for unit in self.invalid)  # (): everything
 
     def is_set(self, path: KeyPath) -> bool:
         """Whether the user wrote ``path`` (in the file or with ``--set``), as opposed to a default."""

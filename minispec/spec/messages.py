@@ -14,17 +14,12 @@ from typing import Any, get_args
 
 from minispec.spec.load import KeyPath, did_you_mean
 
-# Hints for fields whose fix is not obvious from the message alone.
+# Hints for fields whose fix is not obvious from the message alone ('*': any variant name).
+DROP_LAYERS_HINT = "list the 1-indexed layers to drop (the first is 1), or use target_num_layers"
+STUDENTS_HINT = "omit 'students' to distill every prune variant, or remove distill to skip it"
 FIELD_HINTS: dict[tuple[str, ...], str] = {
-    (
-        "prune",
-        "*",
-        "drop_layers",
-    ): "list the 1-indexed layers to drop (the first layer is 1), or use target_num_layers",
-    (
-        "distill",
-        "students",
-    ): "omit 'students' to distill every prune variant, or remove the distill block to skip distillation",
+    ("prune", "*", "drop_layers"): DROP_LAYERS_HINT,
+    ("distill", "students"): STUDENTS_HINT,
     ("evaluate", "splits"): "list the splits to score: validation and/or test",
     ("data", "split_ratio"): 'write train,validation,test weights, e.g. "98,1,1"',
     ("version",): "this minispec reads specs with version: 1",
@@ -45,11 +40,11 @@ SYNONYMS = {
     "forward_kl": "logits_kl",
     "megatron": "nemo",
     "pytorch": "torch",
-    "hf": "torch",
 }
 
 
 def explain(error: dict[str, Any], path: KeyPath, raw: dict[str, Any]) -> tuple[str, str | None]:
+    """``(message, hint)`` for one pydantic error at ``path`` of the user's data."""
     kind = error["type"]
     ctx = error.get("ctx") or {}
     got = error.get("input")
@@ -58,56 +53,60 @@ def explain(error: dict[str, Any], path: KeyPath, raw: dict[str, Any]) -> tuple[
 
     if kind == "extra_forbidden":
         allowed = allowed_keys(path[:-1], raw)
-        hint = did_you_mean(name, allowed) or (
-            f"allowed keys here: {', '.join(allowed)}" if allowed else None
-        )
-        return f"unknown key '{name}'", hint
+        listed = f"allowed keys here: {', '.join(allowed)}" if allowed else None
+        return f"unknown key '{name}'", did_you_mean(name, allowed) or listed
     if kind == "missing":
         return f"missing required key '{name}'", hint or _description_hint(path, raw)
     if kind == "union_tag_invalid":
         tag = got.get("kind") if isinstance(got, dict) else None
-        return f"unknown prune kind {tag!r}", did_you_mean(
-            str(tag), ["depth", "width"]
-        ) or "use kind: depth or kind: width"
+        close = did_you_mean(str(tag), ["depth", "width"])
+        return f"unknown prune kind {tag!r}", close or "use kind: depth or kind: width"
     if kind == "union_tag_not_found":
         return (
             "a prune variant needs a 'kind'",
             "add kind: depth (remove layers) or kind: width (shrink sizes)",
         )
     if kind == "literal_error":
-        choices = _choices(ctx.get("expected", ""))
-        shown = ", ".join(repr(c) for c in choices)
-        text = f"must be {shown}" if len(choices) == 1 else f"must be one of {shown}"
-        close = None
-        if isinstance(got, str):
-            synonym = SYNONYMS.get(got.strip().lower())
-            if synonym in choices:
-                close = f"use '{synonym}' (minispec's name for '{got}')"
-            else:
-                close = did_you_mean(str(got), [str(c) for c in choices])
-        return f"{text} (got {_show(got)})", close or hint
+        return _choice_message(got, _choices(ctx.get("expected", "")), hint)
     if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
         return f"must be {range_text(path, raw, ctx)} (got {_show(got)})", hint
-    if kind == "finite_number":
-        return f"must be a finite number (got {_show(got)})", hint
     if kind in ("too_short", "string_too_short"):
         least = ctx.get("min_length", 1)
         what = "characters" if kind == "string_too_short" else "items"
-        text = "must not be empty" if least == 1 else f"needs at least {least} {what}"
-        return text, hint
-    if kind in ("too_long", "string_too_long"):
-        return f"has more than {ctx.get('max_length')} items", hint
+        return ("must not be empty" if least == 1 else f"needs at least {least} {what}"), hint
     if kind == "string_pattern_mismatch":
         return _pattern_message(path, got), hint
+    typed = _type_message(kind, got, name)
+    if typed is not None:
+        return typed[0], typed[1] or hint
+    return f"{_lower_first(error['msg'])} (got {_show(got)})", hint
+
+
+def _choice_message(got: Any, choices: list[Any], hint: str | None) -> tuple[str, str | None]:
+    shown = ", ".join(repr(c) for c in choices)
+    text = f"must be {shown}" if len(choices) == 1 else f"must be one of {shown}"
+    close = None
+    if isinstance(got, str):
+        synonym = SYNONYMS.get(got.strip().lower())
+        if synonym in choices:
+            close = f"use '{synonym}' (minispec's name for '{got}')"
+        else:
+            close = did_you_mean(got, [str(c) for c in choices])
+    return f"{text} (got {_show(got)})", close or hint
+
+
+def _type_message(kind: str, got: Any, name: str) -> tuple[str, str | None] | None:
+    """A value of the wrong type: say what was expected, what came, and how to write it."""
     if kind == "int_type":
         return _int_message(got)
     if kind == "float_type":
-        return f"must be a number (got {_show(got)})", _unquote_hint(got, float) or hint
+        return f"must be a number (got {_show(got)})", _unquote_hint(got, float)
+    if kind == "finite_number":
+        return f"must be a finite number (got {_show(got)})", None
     if kind == "bool_type":
         yaml11 = isinstance(got, str) and got.lower() in ("yes", "no", "on", "off", "y", "n")
-        return f"must be true or false (got {_show(got)})", (
-            "YAML 1.2 reads yes/no/on/off as text; write true or false" if yaml11 else hint
-        )
+        hint = "YAML 1.2 reads yes/no/on/off as text; write true or false" if yaml11 else None
+        return f"must be true or false (got {_show(got)})", hint
     if kind == "string_type":
         return f"must be a string (got {_show(got)})", "quote the value, e.g. '...'"
     if kind == "list_type":
@@ -122,7 +121,7 @@ def explain(error: dict[str, Any], path: KeyPath, raw: dict[str, Any]) -> tuple[
             f"must be a mapping of keys to values (got {_show(got)})",
             "indent its keys under it, one 'key: value' per line",
         )
-    return f"{_lower_first(error['msg'])} (got {_show(got)})", hint
+    return None
 
 
 # --------------------------------------------------------------------------------------------
