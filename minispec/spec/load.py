@@ -558,7 +558,7 @@ def _partial_spec(raw: dict[str, Any], invalid: set[KeyPath]) -> Spec:
         value = raw[name]
         if name == "prune" and isinstance(value, dict):
             value = {k: v for k, v in value.items() if ("prune", k) not in invalid}
-        elif any(unit[0] == name for unit in invalid):
+        elif any(unit[:1] in ((), (name,)) for unit in invalid):
             continue
         try:
             validator.validate_assignment(spec, name, value, strict=True)
