@@ -106,7 +106,8 @@ def _lint_details(spec: Path, result) -> None:
         click.echo(f"{spec}: teacher: {info.shapes.describe()}", err=True)
     skipped = result.loaded.cache.get("skipped_rules")
     if skipped:
-        click.echo(f"{spec}: rules skipped (they read blocks with schema errors): {', '.join(skipped)}", err=True)
+        names = ", ".join(skipped)
+        click.echo(f"{spec}: rules skipped (they read blocks with schema errors): {names}", err=True)
 
 
 @cli.command()
