@@ -107,8 +107,9 @@ def _lint_details(spec: Path, result) -> None:
     skipped = result.loaded.cache.get("skipped_rules")
     if skipped:
         names = ", ".join(skipped)
-        click.echo(f"{spec}: rules skipped (they read blocks with schema errors): {names}",
-                   err=True)
+        click.echo(
+            f"{spec}: rules skipped (they read blocks with schema errors): {names}", err=True
+        )
 
 
 @cli.command()
