@@ -43,6 +43,31 @@ SYNONYMS = {
 }
 
 
+# Keys users bring from NeMo/Megatron or Hugging Face configs, and minispec's names for them.
+KEY_SYNONYMS = {
+    "learning_rate": "lr",
+    "min_learning_rate": "min_lr",
+    "max_steps": "steps",
+    "train_iters": "steps",
+    "warmup": "warmup_steps",
+    "batch_size": "global_batch_size",
+    "gbs": "global_batch_size",
+    "mbs": "micro_batch_size",
+    "val_check_interval": "val_interval",
+    "limit_val_batches": "val_batches",
+    "encoder_seq_length": "seq_length",
+    "max_seq_length": "seq_length",
+    "tp": "tensor_parallel",
+    "tensor_model_parallel_size": "tensor_parallel",
+    "pp": "pipeline_parallel",
+    "pipeline_model_parallel_size": "pipeline_parallel",
+    "gpus": "devices",
+    "num_nodes": "nodes",
+    "model": "source",
+    "path": "source",
+}
+
+
 def explain(error: dict[str, Any], path: KeyPath, raw: dict[str, Any]) -> tuple[str, str | None]:
     """``(message, hint)`` for one pydantic error at ``path`` of the user's data."""
     kind = error["type"]
@@ -54,6 +79,9 @@ def explain(error: dict[str, Any], path: KeyPath, raw: dict[str, Any]) -> tuple[
     if kind == "extra_forbidden":
         allowed = allowed_keys(path[:-1], raw)
         listed = f"allowed keys here: {', '.join(allowed)}" if allowed else None
+        synonym = KEY_SYNONYMS.get(name.lower())
+        if synonym in allowed:
+            return f"unknown key '{name}'", f"use '{synonym}' (minispec's name for '{name}')"
         return f"unknown key '{name}'", did_you_mean(name, allowed) or listed
     if kind == "missing":
         return f"missing required key '{name}'", hint or _description_hint(path, raw)
