@@ -572,6 +572,15 @@ def nemo_block(loaded: LoadedSpec) -> Iterator[Problem]:
         )
 
 
+@rule()
+def nemo_engine(loaded: LoadedSpec) -> Iterator[Problem]:
+    """What NeMo would reject or do differently (parallelism, flavor options): engine rules."""
+    if loaded.spec.engine == "nemo":
+        from minispec.engines.nemo import lint as nemo_lint
+
+        yield from nemo_lint.check(loaded)
+
+
 # --------------------------------------------------------------------------------------------
 # data and evaluation
 

@@ -69,14 +69,9 @@ def parallelism(loaded) -> Iterator[Problem]:
     """Megatron's constraints: TP × PP divides the GPUs; TP divides heads, query groups, FFN."""
     spec = loaded.spec
     resources = spec.resources
-    tp, pp = resources.tensor_parallel, resources.pipeline_parallel
+    tp = resources.tensor_parallel
     world = resources.devices * resources.nodes
-    if world % (tp * pp):
-        yield loaded.locate(
-            ("resources", "tensor_parallel"),
-            f"{world} GPUs (devices × nodes) are not divisible by tensor_parallel × pipeline_parallel = {tp * pp}",
-            hint="make devices × nodes a multiple of tensor_parallel × pipeline_parallel",
-        )
+    # TP × PP dividing the GPUs is a rule of every engine (spec/rules.py: parallelism)
     shapes = _shapes(loaded)
     if shapes is None:
         if tp > 1:

@@ -31,11 +31,6 @@ def test_other_engines_are_not_checked(load_tutorial):
     ("overrides", "key", "message"),
     [
         (
-            ("resources.devices=6",),
-            "resources.tensor_parallel",
-            "not divisible by tensor_parallel × pipeline_parallel",
-        ),
-        (
             ("resources.tensor_parallel=3", "resources.devices=3"),
             "resources.tensor_parallel",
             "does not divide the 32 attention heads",
