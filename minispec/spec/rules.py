@@ -572,7 +572,7 @@ def nemo_block(loaded: LoadedSpec) -> Iterator[Problem]:
         )
 
 
-@rule()
+@rule("engine", "teacher", "resources", "nemo", "finetune", "prune", "distill", "export", "data")
 def nemo_engine(loaded: LoadedSpec) -> Iterator[Problem]:
     """What NeMo would reject or do differently (parallelism, flavor options): engine rules."""
     if loaded.spec.engine == "nemo":
