@@ -9,9 +9,11 @@ declared outputs itself and records them with ``dvc commit -f`` — real DVC has
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 from minispec.compile import CompiledPipeline, compile_pipeline, write_pipeline
@@ -78,13 +80,18 @@ def is_file_output(path: str) -> bool:
 
 
 def write_outputs(root: Path, stage: Stage, run: int) -> None:
-    """What a run of ``stage`` leaves behind: every declared output, with run-specific content."""
-    stamp = f"{stage.name} run {run}\n"
+    """What a run of ``stage`` leaves behind: every declared output, with run-specific content
+    (a run with other inputs gives other outputs, as a real stage would)."""
+    stamp = f"{stage.name} run {run} {uuid.uuid4().hex}\n"
     for out in stage.outs + stage.metrics:
         path = root / out.path
         if is_file_output(out.path):
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(f'{{"run": {run}}}\n' if out.path.endswith(".json") else stamp)
+            path.write_text(
+                json.dumps({"run": run, "stamp": stamp.split()[-1]}) + "\n"
+                if out.path.endswith(".json")
+                else stamp
+            )
         else:
             path.mkdir(parents=True, exist_ok=True)
             (path / "content.txt").write_text(stamp)
@@ -101,23 +108,12 @@ class Runner:
         self.root = root
         self.runs: dict[str, int] = {}
 
-    def changed(self, name: str) -> bool:
-        from dvc.repo import Repo
-
-        with inside(self.root), Repo(".") as repo:
-            return bool(repo.status(targets=[name]))
-
     def commit(self, stages: list[Stage]) -> None:
         from dvc.repo import Repo
 
         with inside(self.root), Repo(".") as repo:
             for stage in stages:
                 repo.commit(stage.name, force=True)
-
-    def run(self, stage: Stage) -> None:
-        self.runs[stage.name] = self.runs.get(stage.name, 0) + 1
-        write_outputs(self.root, stage, self.runs[stage.name])
-        self.commit([stage])
 
     def run_all(self, stages: list[Stage]) -> None:
         for stage in stages:
@@ -126,10 +122,16 @@ class Runner:
         self.commit(stages)
 
     def repro(self, stages: list[Stage]) -> list[str]:
-        """Stages DVC finds changed, each 'run' before its dependents are asked."""
+        """Stages DVC finds changed, each 'run' (outputs written, committed) before its
+        dependents are asked."""
+        from dvc.repo import Repo
+
         ran = []
-        for stage in stages:
-            if self.changed(stage.name):
-                self.run(stage)
-                ran.append(stage.name)
+        with inside(self.root), Repo(".") as repo:
+            for stage in stages:
+                if repo.status(targets=[stage.name]):
+                    self.runs[stage.name] = self.runs.get(stage.name, 0) + 1
+                    write_outputs(self.root, stage, self.runs[stage.name])
+                    repo.commit(stage.name, force=True)
+                    ran.append(stage.name)
         return ran
