@@ -111,7 +111,35 @@ def build_graph(spec: Spec) -> list[Stage]:
     stages.append(evaluate_stage(spec))
     stages.append(report_stage(spec))
     stages += [export_stage(spec, v) for v in spec.exported]
+    check_sources_outside_outputs(spec, stages)
     return stages
+
+
+def check_sources_outside_outputs(spec: Spec, stages: list[Stage]) -> None:
+    """A local source inside a stage output (or holding one) would be deleted or rewritten by
+    DVC when that stage runs, and makes a cycle in the graph."""
+    import posixpath
+
+    sources = {
+        "teacher.source": spec.teacher.source,
+        "data.source": spec.data.source,
+        "data.tokenizer": spec.data.tokenizer,
+    }
+    for key, text in sources.items():
+        for path in local_sources(text):
+            path = posixpath.normpath(path)
+            for stage in stages:
+                for out in stage.outs + stage.metrics:
+                    if (
+                        path == "."
+                        or path == out.path
+                        or path.startswith(out.path + "/")
+                        or out.path.startswith(path + "/")
+                    ):
+                        raise CompileError(
+                            f"{key} ({path}) overlaps the output {out.path} of stage '{stage.name}'",
+                            hint="keep sources outside the pipeline's output directories, or compile into another --out directory",
+                        )
 
 
 def attach_commands(spec: Spec, stages: list[Stage]) -> list[Stage]:

@@ -213,3 +213,10 @@ def test_valid_variant_names():
 def test_variant_names_differing_in_case_are_rejected():
     with pytest.raises(CompileError, match="differ only in case"):
         check_variant_names(["width", "Width"])
+
+
+@pytest.mark.parametrize("inside", ["data/jsonl", "models", "models/teacher/sub", "."])
+def test_a_local_source_inside_an_output_is_rejected(tmp_path, inside):
+    source = (tmp_path / inside).resolve()
+    with pytest.raises(CompileError, match="overlaps the output"):
+        graph(tmp_path, f"data.source={source}")
