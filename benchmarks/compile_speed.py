@@ -31,7 +31,13 @@ RUN_TARGET_S = 3.0
 
 def timed(args: list[str], cwd: Path) -> tuple[float, subprocess.CompletedProcess[str]]:
     start = time.perf_counter()
-    result = subprocess.run([sys.executable, "-m", "minispec", *args], cwd=cwd, env=env(), capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "minispec", *args],
+        cwd=cwd,
+        env=env(),
+        capture_output=True,
+        text=True,
+    )
     return time.perf_counter() - start, result
 
 
@@ -46,10 +52,14 @@ def bench_compile(repeat: int) -> bool:
             median = statistics.median(times)
             if result.returncode != 0:
                 reason = result.stderr.strip().splitlines()[0]
-                print(f"compile {spec.name:<28} not compilable here ({reason}); fails in {median:.2f} s")
+                print(
+                    f"compile {spec.name:<28} not compilable here ({reason}); fails in {median:.2f} s"
+                )
                 continue
             verdict = "ok" if median < COMPILE_TARGET_S else "TOO SLOW"
-            print(f"compile {spec.name:<28} median {median:.2f} s  min {min(times):.2f} s  max {max(times):.2f} s  (target < {COMPILE_TARGET_S} s: {verdict})")
+            print(
+                f"compile {spec.name:<28} median {median:.2f} s  min {min(times):.2f} s  max {max(times):.2f} s  (target < {COMPILE_TARGET_S} s: {verdict})"
+            )
             ok = ok and median < COMPILE_TARGET_S
     return ok
 
@@ -64,14 +74,18 @@ def bench_up_to_date_run(repeat: int) -> bool:
         Runner(root).run_all(compiled.stages)
         times = []
         for _ in range(repeat):
-            seconds, result = timed(["run", str(QUICKSTART), "--out", str(root), "--set", override], root)
+            seconds, result = timed(
+                ["run", str(QUICKSTART), "--out", str(root), "--set", override], root
+            )
             if result.returncode != 0 or "0 stages ran, 13 cached" not in result.stdout:
                 print(result.stdout, result.stderr)
                 raise SystemExit("the pipeline was not up to date")
             times.append(seconds)
     median = statistics.median(times)
     verdict = "ok" if median < RUN_TARGET_S else "TOO SLOW"
-    print(f"run (13 stages up to date)          median {median:.2f} s  min {min(times):.2f} s  max {max(times):.2f} s  (target < {RUN_TARGET_S} s: {verdict})")
+    print(
+        f"run (13 stages up to date)          median {median:.2f} s  min {min(times):.2f} s  max {max(times):.2f} s  (target < {RUN_TARGET_S} s: {verdict})"
+    )
     return median < RUN_TARGET_S
 
 
@@ -79,7 +93,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
-    print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
+    print(
+        f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}"
+    )
     ok = bench_compile(args.repeat)
     ok = bench_up_to_date_run(args.repeat) and ok
     sys.exit(0 if ok else 1)
