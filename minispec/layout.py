@@ -52,8 +52,14 @@ def export_dir(variant: str) -> str:
 
 
 def depth_scores_path(variant: str) -> str:
-    """Per-layer and per-block depth importance of an importance-chosen depth variant."""
-    return f"{IMPORTANCE_DIR}/depth-{variant}.json"
+    """Per-layer and per-block depth importance of an importance-chosen depth variant.
+
+    It lives inside the pruned model's directory (an output of ``prune@<variant>``), not under
+    ``importance/``: every variant of a DVC ``foreach`` group must declare the same number of
+    outputs, and only depth variants with ``target_num_layers`` write scores. Write it after
+    the model is saved (``save_model`` replaces the whole directory).
+    """
+    return f"{pruned_dir(variant)}/depth_scores.json"
 
 
 def width_importance_path() -> str:
@@ -68,6 +74,11 @@ def metrics_path(stage: str) -> str:
 def log_dir(stage: str) -> str:
     """DVCLive directory of a training stage (``plots/metrics/...tsv``) and TensorBoard events under ``tb/``."""
     return f"{LOGS_DIR}/{stage.replace('@', '-')}"
+
+
+def stage_log_path(stage: str) -> str:
+    """Everything a stage's command printed in its last run (written by ``minispec run``)."""
+    return f"{LOGS_DIR}/{stage.replace('@', '-')}.log"
 
 
 def checkpoint_dir(stage: str) -> str:
@@ -91,6 +102,11 @@ def working_teacher_dir(spec) -> str:
 #   plots/metrics/val/loss.tsv     the same for validation loss
 #   (further DVCLive series: train/lr, train/tokens_per_second, train/kd_loss, train/ce_loss...)
 #   tb/                            TensorBoard event files (tags train/loss, val/loss, ...)
+# The compiled dvc.yaml declares log_dir(stage) and checkpoint_dir(stage) as persistent,
+# uncached outputs: DVC never deletes them before a rerun, so a run resumed after a kill finds
+# its checkpoint and appends to its curves. A stage that starts afresh (no checkpoint, or one
+# made with other settings) must clear both itself. Both must exist when the stage succeeds
+# (DVC checks every declared output), even if empty.
 # and metrics_path(stage), a JSON object with at least:
 #   steps, tokens, initial_val_loss, final_val_loss, final_train_loss, tokens_per_second
 

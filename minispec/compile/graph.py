@@ -1,0 +1,454 @@
+"""Spec → engine-agnostic stage graph: what every stage reads, writes and is parametrized by.
+
+Both engines share this graph; only the commands differ (:func:`attach_commands`). All paths
+come from :mod:`minispec.layout` and are relative to the directory of the compiled
+``dvc.yaml``. The spec given here must already hold paths relative to that directory
+(:func:`minispec.compile.relative_spec`).
+
+Each stage lists exactly the ``params.yaml`` keys its code reads, so that DVC re-runs only
+what a change affects (e.g. ``prune.width.target_hidden_size`` re-runs ``prune@width``,
+``distill@width``, ``export@width``, ``evaluate`` and ``report``). The tables below are the
+contract with the engines: a stage that starts reading another key must add it here.
+Settings that cannot change results (``data.workers``, ``resources.devices``, ...) are left
+out on purpose; the ones that change the command line reach DVC through ``cmd`` anyway.
+
+Stages, in order (``<v>`` is a prune variant):
+
+    data       source → data/jsonl/<split>.jsonl
+    import     teacher → models/teacher (an HF directory; GGUF dequantized once)
+    tokenize   jsonl + the teacher's tokenizer → data/tokens/<split>_text_document.{bin,idx}
+    finetune   teacher correction → models/teacher-corrected          (only with `finetune:`)
+    importance activation importance of the working teacher           (only with a width
+               variant whose `importance` is `activation`)
+    prune@<v>  working teacher → models/pruned/<v>
+    distill@<v> working teacher → models/students/<v>                  (for spec.students)
+    evaluate   every model on the evaluation splits
+    report     metrics and curves → reports/
+    export@<v> final model → export/<v>                                (for spec.exported)
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from dataclasses import dataclass, field
+
+from minispec import layout
+from minispec.errors import CompileError
+from minispec.sources import parse_source
+from minispec.spec.model import NAME_PATTERN, Spec, WidthPrune
+
+STEPS = (
+    "data",
+    "import",
+    "tokenize",
+    "finetune",
+    "importance",
+    "prune",
+    "distill",
+    "evaluate",
+    "report",
+    "export",
+)
+VARIANT_STEPS = ("prune", "distill", "export")
+TRAINING_STEPS = ("finetune", "distill")
+
+# DVC's own rule for stage names (dvc.stage.INVALID_STAGENAME_CHARS; a test keeps them equal).
+# '@' joins a foreach group and its key, so it is excluded as well.
+DVC_INVALID_STAGENAME_CHARS = frozenset(string.punctuation) - {"_", "-"}
+
+# Settings that change numbers (device kind, autocast precision) for stages that run models.
+COMPUTE_RESOURCES = ("resources.accelerator", "resources.precision")
+
+
+@dataclass(frozen=True)
+class Out:
+    """A declared output. ``cache=False`` keeps it out of DVC's cache (metrics, logs, checkpoints);
+    ``persist=True`` stops DVC from deleting it before the stage re-runs (resumable state)."""
+
+    path: str
+    cache: bool = True
+    persist: bool = False
+
+
+@dataclass(frozen=True)
+class Plot:
+    """A per-step curve (a TSV written by the stage) to draw with ``dvc plots``."""
+
+    path: str
+    x: str = "step"
+    y: str = "loss"
+
+
+@dataclass
+class Stage:
+    name: str  # DVC stage name: "data", "prune@width", ...
+    step: str  # one of STEPS
+    variant: str | None
+    desc: str
+    deps: list[str] = field(default_factory=list)
+    params: list[str] = field(default_factory=list)  # dotted params.yaml keys
+    outs: list[Out] = field(default_factory=list)
+    metrics: list[Out] = field(default_factory=list)
+    plots: list[Plot] = field(default_factory=list)
+    cmd: list[list[str]] = field(default_factory=list)  # argv lists, run in order
+
+
+# --------------------------------------------------------------------------------------------
+# the graph
+
+
+def build_graph(spec: Spec) -> list[Stage]:
+    """Every stage of ``spec`` in dependency order, without commands (see :func:`attach_commands`)."""
+    check_variant_names(list(spec.prune))
+    stages = [data_stage(spec), import_stage(spec), tokenize_stage(spec)]
+    if spec.finetune is not None:
+        stages.append(finetune_stage(spec))
+    if activation_variants(spec):
+        stages.append(importance_stage(spec))
+    stages += [prune_stage(spec, v) for v in spec.prune]
+    stages += [distill_stage(spec, v) for v in spec.students]
+    stages.append(evaluate_stage(spec))
+    stages.append(report_stage(spec))
+    stages += [export_stage(spec, v) for v in spec.exported]
+    check_sources_outside_outputs(spec, stages)
+    return stages
+
+
+def check_sources_outside_outputs(spec: Spec, stages: list[Stage]) -> None:
+    """A local source inside a stage output (or holding one) would be deleted or rewritten by
+    DVC when that stage runs, and makes a cycle in the graph."""
+    import posixpath
+
+    sources = {
+        "teacher.source": spec.teacher.source,
+        "data.source": spec.data.source,
+        "data.tokenizer": spec.data.tokenizer,
+    }
+    for key, text in sources.items():
+        for path in local_sources(text):
+            path = posixpath.normpath(path)
+            for stage in stages:
+                for out in stage.outs + stage.metrics:
+                    if (
+                        path == "."
+                        or path == out.path
+                        or path.startswith(out.path + "/")
+                        or out.path.startswith(path + "/")
+                    ):
+                        raise CompileError(
+                            f"{key} ({path}) overlaps the output {out.path} of stage '{stage.name}'",
+                            hint="keep sources outside the pipeline's output directories, or compile into another --out directory",
+                        )
+
+
+def attach_commands(spec: Spec, stages: list[Stage]) -> list[Stage]:
+    """Fill each stage's ``cmd`` with the commands of ``spec.engine``."""
+    if spec.engine == "torch":
+        from minispec.engines.torch.commands import stage_commands
+    else:
+        stage_commands = nemo_stage_commands()
+    for stage in stages:
+        commands = stage_commands(spec, stage)
+        if not commands or not all(
+            isinstance(argv, list) and argv and all(isinstance(a, str) for a in argv)
+            for argv in commands
+        ):
+            raise CompileError(
+                f"the {spec.engine} engine gave no valid command for stage '{stage.name}' (got {commands!r})"
+            )
+        stage.cmd = [list(argv) for argv in commands]
+    return stages
+
+
+def nemo_stage_commands():
+    """The nemo engine's command builder, imported only for ``engine: nemo``."""
+    from minispec.errors import NotBuiltError
+
+    try:
+        from minispec.engines.nemo.commands import stage_commands
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.startswith("minispec"):
+            raise NotBuiltError(
+                "the nemo engine cannot compile stages yet (minispec/engines/nemo/commands.py is missing)",
+                hint="use `engine: torch` for now, or install a minispec with the nemo engine",
+            ) from None
+        raise
+    return stage_commands
+
+
+def check_variant_names(names: list[str]) -> None:
+    """Variant names become DVC stage names (``prune@<v>``), directory names and command words.
+
+    The spec's own pattern (a letter, then letters, digits, ``_``, ``-``) is stricter than DVC's
+    rule (no punctuation but ``_`` and ``-``) and also keeps spaces and non-ASCII letters out of
+    paths and shell commands; it is checked again here because a ``Spec`` may be built in code.
+    """
+    problems = []
+    for name in names:
+        if re.fullmatch(NAME_PATTERN, name):
+            continue
+        bad = sorted(DVC_INVALID_STAGENAME_CHARS & set(name))
+        why = (
+            f"contains {' '.join(repr(c) for c in bad)}, which DVC does not allow in stage names"
+            if bad
+            else "is not a plain name"
+        )
+        problems.append(f"'{name}' {why}")
+    if problems:
+        raise CompileError(
+            f"prune variant names cannot be DVC stage names: {'; '.join(problems)}",
+            hint="start with a letter and use only ASCII letters, digits, '_' and '-' (at most 64)",
+        )
+    folded: dict[str, str] = {}
+    for name in names:
+        other = folded.setdefault(name.lower(), name)
+        if other != name:
+            raise CompileError(
+                f"prune variants '{other}' and '{name}' differ only in case; their directories would collide on case-insensitive file systems",
+                hint="rename one of them",
+            )
+
+
+def activation_variants(spec: Spec) -> list[str]:
+    return [v for v, p in spec.width_variants.items() if p.importance == "activation"]
+
+
+def training_stage_name(spec: Spec, variant: str) -> str:
+    """The stage that produced a variant's final model: ``distill@<v>``, else ``prune@<v>``."""
+    return f"distill@{variant}" if variant in spec.students else f"prune@{variant}"
+
+
+# --------------------------------------------------------------------------------------------
+# one function per step
+
+
+def data_stage(spec: Spec) -> Stage:
+    params = ["data.source", "data.splits", "data.split_ratio", "data.text_field"]
+    if spec.data.split_ratio is not None:
+        params.append("seed")  # the document split is seeded
+    return Stage(
+        "data",
+        "data",
+        None,
+        "Read the corpus into one JSONL file per split",
+        deps=local_sources(spec.data.source),
+        params=params,
+        outs=[Out(layout.DATA_DIR)],
+    )
+
+
+def import_stage(spec: Spec) -> Stage:
+    # `teacher.dtype: auto` means float32 on CPU and bfloat16 on GPU, hence the accelerator
+    return Stage(
+        "import",
+        "import",
+        None,
+        "Import the teacher as a working Hugging Face checkpoint",
+        deps=local_sources(spec.teacher.source),
+        params=["teacher", "resources.accelerator"],
+        outs=[Out(layout.TEACHER_DIR)],
+    )
+
+
+def tokenize_stage(spec: Spec) -> Stage:
+    tokenizer = spec.data.tokenizer
+    if tokenizer is None:
+        tokenizer_deps = [layout.TEACHER_DIR]  # the imported teacher's tokenizer
+    else:
+        tokenizer_deps = local_sources(tokenizer)
+    return Stage(
+        "tokenize",
+        "tokenize",
+        None,
+        "Tokenize every split into Megatron .bin/.idx files",
+        deps=[layout.DATA_DIR, *tokenizer_deps],
+        params=["data.tokenizer"],
+        outs=[Out(layout.TOKENS_DIR)],
+    )
+
+
+def finetune_stage(spec: Spec) -> Stage:
+    stage = Stage(
+        "finetune",
+        "finetune",
+        None,
+        "Correct the teacher: a light fine-tune on the data",
+        deps=[layout.TEACHER_DIR, layout.TOKENS_DIR],
+        params=["finetune", "data.seq_length", "seed", *COMPUTE_RESOURCES],
+        outs=[Out(layout.CORRECTED_TEACHER_DIR)],
+    )
+    return with_training_logs(stage)
+
+
+def importance_stage(spec: Spec) -> Stage:
+    # one calibration pass serves every activation variant; their targets are not read here,
+    # so a new width target reuses it
+    samples = [f"prune.{v}.calibration_samples" for v in activation_variants(spec)]
+    return Stage(
+        "importance",
+        "importance",
+        None,
+        "Score MLP neurons, attention heads and embedding channels by their activations",
+        deps=[layout.working_teacher_dir(spec), layout.TOKENS_DIR],
+        params=["data.seq_length", "seed", *samples, *COMPUTE_RESOURCES],
+        outs=[Out(layout.width_importance_path())],
+    )
+
+
+def prune_stage(spec: Spec, variant: str) -> Stage:
+    config = spec.prune[variant]
+    deps = [layout.working_teacher_dir(spec)]
+    params = [f"prune.{variant}"]
+    if isinstance(config, WidthPrune):
+        if config.importance == "activation":
+            deps.append(layout.width_importance_path())
+        elif config.importance == "random":
+            params.append("seed")
+    elif config.target_num_layers is not None:  # the layers to drop come from a calibration pass
+        deps.append(layout.TOKENS_DIR)
+        params += ["data.seq_length", "seed", *COMPUTE_RESOURCES]
+    name = f"prune@{variant}"
+    return Stage(
+        name,
+        "prune",
+        variant,
+        f"Prune the working teacher into variant {variant}",
+        deps=deps,
+        params=params,
+        outs=[Out(layout.pruned_dir(variant))],
+        metrics=[Out(layout.metrics_path(name), cache=False)],
+    )
+
+
+def distill_stage(spec: Spec, variant: str) -> Stage:
+    assert spec.distill is not None
+    name = f"distill@{variant}"
+    # every distill setting except the list of students, which only decides which stages exist
+    settings = [f"distill.{key}" for key in type(spec.distill).model_fields if key != "students"]
+    stage = Stage(
+        name,
+        "distill",
+        variant,
+        f"Distill the working teacher into the pruned {variant} student",
+        deps=[layout.pruned_dir(variant), layout.working_teacher_dir(spec), layout.TOKENS_DIR],
+        params=[*settings, "data.seq_length", "seed", *COMPUTE_RESOURCES],
+        outs=[Out(layout.student_dir(variant))],
+    )
+    return with_training_logs(stage)
+
+
+def evaluate_stage(spec: Spec) -> Stage:
+    models = [layout.TEACHER_DIR]
+    if spec.finetune is not None:
+        models.append(layout.CORRECTED_TEACHER_DIR)
+    models += [layout.final_model_dir(spec, v) for v in spec.prune]
+    return Stage(
+        "evaluate",
+        "evaluate",
+        None,
+        "Score the teacher and every student with the same code",
+        deps=[*models, layout.TOKENS_DIR],
+        params=["evaluate", "data.seq_length", *COMPUTE_RESOURCES],
+        outs=[Out(layout.EVALUATE_TABLE, cache=False)],
+        metrics=[Out(layout.metrics_path("evaluate"), cache=False)],
+    )
+
+
+def report_stage(spec: Spec) -> Stage:
+    deps = [layout.metrics_path("evaluate"), layout.EVALUATE_TABLE]
+    for stage in training_stage_names(spec):
+        deps += [
+            layout.metrics_path(stage),
+            layout.train_curve_path(stage),
+            layout.val_curve_path(stage),
+        ]
+    deps += [layout.metrics_path(f"prune@{v}") for v in spec.prune]
+    return Stage(
+        "report",
+        "report",
+        None,
+        "Tables and plots comparing the teacher and the students",
+        deps=deps,
+        params=["name"],
+        outs=[Out(layout.REPORT_DIR)],
+    )
+
+
+def export_stage(spec: Spec, variant: str) -> Stage:
+    # not evaluate's outputs: a new evaluate option must not re-export
+    return Stage(
+        f"export@{variant}",
+        "export",
+        variant,
+        f"Export the final {variant} model as a Hugging Face directory with a model card",
+        deps=[
+            layout.final_model_dir(spec, variant),
+            layout.metrics_path(training_stage_name(spec, variant)),
+        ],
+        params=["name", "teacher.source", "export.dtype"],
+        outs=[Out(layout.export_dir(variant))],
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+
+
+def training_stage_names(spec: Spec) -> list[str]:
+    names = ["finetune"] if spec.finetune is not None else []
+    return names + [f"distill@{v}" for v in spec.students]
+
+
+def with_training_logs(stage: Stage) -> Stage:
+    """Checkpoints and logs survive a kill (persist) and stay out of the cache; metrics and
+    curves are small and meant for git, like DVCLive's own defaults."""
+    stage.outs += [
+        Out(layout.checkpoint_dir(stage.name), cache=False, persist=True),
+        Out(layout.log_dir(stage.name), cache=False, persist=True),
+    ]
+    stage.metrics.append(Out(layout.metrics_path(stage.name), cache=False))
+    stage.plots += [
+        Plot(layout.train_curve_path(stage.name)),
+        Plot(layout.val_curve_path(stage.name)),
+    ]
+    return stage
+
+
+def local_sources(text: str | None) -> list[str]:
+    """A local source is a dependency (DVC hashes it); hub and package sources are params only."""
+    if text is None:
+        return []
+    source = parse_source(text)
+    return [source.path] if source.is_local and source.path else []
+
+
+def upstream_closure(stages: list[Stage], names: list[str]) -> list[Stage]:
+    """``names`` and every stage they need, in graph order (what ``dvc repro NAME`` considers)."""
+    producer = {}
+    for stage in stages:
+        for out in stage.outs + stage.metrics:
+            producer[out.path] = stage.name
+    by_name = {s.name: s for s in stages}
+    needed: set[str] = set()
+    todo = list(names)
+    while todo:
+        name = todo.pop()
+        if name in needed:
+            continue
+        needed.add(name)
+        for dep in by_name[name].deps:
+            owner = owner_of(dep, producer)
+            if owner:
+                todo.append(owner)
+    return [s for s in stages if s.name in needed]
+
+
+def owner_of(path: str, producer: dict[str, str]) -> str | None:
+    """The stage whose output is ``path`` or contains it."""
+    probe = path
+    while probe:
+        if probe in producer:
+            return producer[probe]
+        probe = probe.rpartition("/")[0]
+    return None
