@@ -39,8 +39,11 @@ def tokens_prefix(split: str) -> str:
     return f"{TOKENS_DIR}/{split}_text_document"
 
 
+PRUNED_DIR = "models/pruned"  # prune@<variant>: one HF directory per variant
+
+
 def pruned_dir(variant: str) -> str:
-    return f"models/pruned/{variant}"
+    return f"{PRUNED_DIR}/{variant}"
 
 
 def student_dir(variant: str) -> str:

@@ -116,6 +116,7 @@ def test_verbose_shows_what_lint_checked_against():
         "distill_students",
         "export_students",
         "intermediate_layers",
+        "nemo_engine",
         "split_ratio_uses",
     ]
 

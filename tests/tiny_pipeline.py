@@ -71,7 +71,7 @@ def dvc_yaml() -> dict:
                 "cmd": "python steps.py train",
                 "deps": ["steps.py", "data/jsonl"],
                 "params": ["seed", "prune", "distill"],
-                "outs": logs + ["importance"] + models,
+                "outs": logs + ["importance", "models/pruned"] + models,
                 "metrics": [{f"metrics/{s}.json": {"cache": False}} for s in TRAINING_STAGES],
             },
             "evaluate": {

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 
 from minispec import layout
 from minispec.errors import CompileError
+from minispec.shell import Command, is_command
 from minispec.sources import parse_source
 from minispec.spec.model import NAME_PATTERN, Spec, WidthPrune
 
@@ -91,7 +92,7 @@ class Stage:
     outs: list[Out] = field(default_factory=list)
     metrics: list[Out] = field(default_factory=list)
     plots: list[Plot] = field(default_factory=list)
-    cmd: list[list[str]] = field(default_factory=list)  # argv lists, run in order
+    cmd: list[Command] = field(default_factory=list)  # argv lists, run in order
 
 
 # --------------------------------------------------------------------------------------------
@@ -104,7 +105,7 @@ def build_graph(spec: Spec) -> list[Stage]:
     stages = [data_stage(spec), import_stage(spec), tokenize_stage(spec)]
     if spec.finetune is not None:
         stages.append(finetune_stage(spec))
-    if activation_variants(spec):
+    if has_importance_stage(spec):
         stages.append(importance_stage(spec))
     stages += [prune_stage(spec, v) for v in spec.prune]
     stages += [distill_stage(spec, v) for v in spec.students]
@@ -150,10 +151,7 @@ def attach_commands(spec: Spec, stages: list[Stage]) -> list[Stage]:
         stage_commands = nemo_stage_commands()
     for stage in stages:
         commands = stage_commands(spec, stage)
-        if not commands or not all(
-            isinstance(argv, list) and argv and all(isinstance(a, str) for a in argv)
-            for argv in commands
-        ):
+        if not commands or not all(is_command(argv) for argv in commands):
             raise CompileError(
                 f"the {spec.engine} engine gave no valid command for stage '{stage.name}' (got {commands!r})"
             )
@@ -212,6 +210,12 @@ def check_variant_names(names: list[str]) -> None:
 
 def activation_variants(spec: Spec) -> list[str]:
     return [v for v, p in spec.width_variants.items() if p.importance == "activation"]
+
+
+def has_importance_stage(spec: Spec) -> bool:
+    """The torch engine scores activations once for every width variant; NeMo's gpt_prune.py
+    runs its own calibration pass inside each prune stage."""
+    return spec.engine == "torch" and bool(activation_variants(spec))
 
 
 def training_stage_name(spec: Spec, variant: str) -> str:
@@ -301,8 +305,11 @@ def prune_stage(spec: Spec, variant: str) -> Stage:
     deps = [layout.working_teacher_dir(spec)]
     params = [f"prune.{variant}"]
     if isinstance(config, WidthPrune):
-        if config.importance == "activation":
+        if config.importance == "activation" and has_importance_stage(spec):
             deps.append(layout.width_importance_path())
+        elif config.importance == "activation":  # calibrated inside the prune stage (nemo)
+            deps.append(layout.TOKENS_DIR)
+            params += ["data.seq_length", "seed", *COMPUTE_RESOURCES]
         elif config.importance == "random":
             params.append("seed")
     elif config.target_num_layers is not None:  # the layers to drop come from a calibration pass

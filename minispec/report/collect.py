@@ -5,7 +5,7 @@ or unreadable under "Notes". A file that exists but is malformed is a note too (
 view, not a gate), except when nothing at all can be read, which is an error.
 
 Formats are those of :mod:`minispec.layout`: DVCLive TSV curves, ``metrics/<stage>.json``,
-``metrics/evaluate.json``, ``importance/depth-<v>.json`` and ``importance/activations.safetensors``.
+``metrics/evaluate.json``, ``models/pruned/<v>/depth_scores.json`` and ``importance/activations.safetensors``.
 """
 
 from __future__ import annotations
@@ -242,18 +242,18 @@ def read_evaluation(data: RunData) -> None:
 
 # ---- importance -----------------------------------------------------------------------------
 
-DEPTH_FILE = re.compile(r"^depth-(?P<variant>.+)\.json$")
-
-
 def read_depth_scores(data: RunData) -> None:
-    folder = data.root / layout.IMPORTANCE_DIR
-    if not folder.is_dir():
+    """Depth importance of every variant chosen by importance (``layout.depth_scores_path``)."""
+    pruned = data.root / layout.PRUNED_DIR
+    if not pruned.is_dir():
         return
-    for path in sorted(folder.glob("depth-*.json")):
-        variant = DEPTH_FILE.match(path.name)["variant"]
+    for folder in sorted(p for p in pruned.iterdir() if p.is_dir()):
+        variant = folder.name
         rel = layout.depth_scores_path(variant)
+        if not (data.root / rel).is_file():
+            continue
         try:
-            scores = parse_depth_scores(variant, read_json(path))
+            scores = parse_depth_scores(variant, read_json(data.root / rel))
         except ValueError as exc:
             data.notes.append(f"{rel}: {exc}")
             continue

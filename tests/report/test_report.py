@@ -236,6 +236,7 @@ def test_importance_spellings_and_bfloat16(tmp_path):
 
     root = tmp_path / "pipeline"
     (root / "importance").mkdir(parents=True)
+    (root / layout.depth_scores_path("d")).parent.mkdir(parents=True)
     (root / layout.depth_scores_path("d")).write_text(
         json.dumps(
             {

@@ -48,6 +48,7 @@ def test_every_rule_declares_what_it_reads():
         "export",
         "resources",
         "engine",
+        "nemo",
     }
 
 

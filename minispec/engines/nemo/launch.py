@@ -1,8 +1,8 @@
 """How a NeMo job is launched: ``local`` (torchrun inside the container), ``docker`` or ``slurm``.
 
 A stage of the nemo engine is a list of commands, each an argument list. Spec values (paths,
-hub ids, sizes) only ever appear as separate arguments; :func:`join` quotes every one of them
-with :func:`shlex.quote`, so a path with spaces or shell characters reaches the program as one
+hub ids, sizes) only ever appear as separate arguments; :func:`minispec.shell.join` quotes every one
+of them with :func:`shlex.quote`, so a path with spaces or shell characters reaches the program as one
 literal argument and can never run as shell code. The one thing the shell must expand is the
 current directory that ``docker run`` and Slurm's container plugin mount: that is a
 :class:`ShellWord`, a constant of this module, never built from spec values.
@@ -22,28 +22,13 @@ Launchers:
 
 from __future__ import annotations
 
-import shlex
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from minispec.errors import CompileError
-
-
-@dataclass(frozen=True)
-class ShellWord:
-    """A word the shell must expand. Only the constants below exist; never built from a spec."""
-
-    text: str
-
-    def __str__(self) -> str:  # what a reader of the dry run sees
-        return self.text
-
+from minispec.shell import Arg, Command, ShellWord, join  # noqa: F401  (re-exported for engine code)
 
 WORKSPACE = "/workspace"
 PWD_MOUNT = ShellWord(f'"$PWD":{WORKSPACE}')  # the pipeline directory, mounted into the container
-
-Arg = str | ShellWord
-Command = list[Arg]
 
 # The environment the tutorial sets for NeMo training, pruning and distillation.
 TUTORIAL_ENV: dict[str, str] = {
@@ -70,13 +55,6 @@ class Job:
     def __post_init__(self) -> None:
         if not self.program or self.program[0] != "python":
             raise ValueError(f"a NeMo job runs a Python program, got {self.program[:1]}")
-
-
-def join(command: Sequence[Arg]) -> str:
-    """One shell line: every argument quoted, :class:`ShellWord` constants left to the shell."""
-    return " ".join(
-        word.text if isinstance(word, ShellWord) else shlex.quote(str(word)) for word in command
-    )
 
 
 def launch(spec, job: Job) -> Command:

@@ -215,7 +215,8 @@ def training_settings(loaded) -> Iterator[Problem]:
             continue
         for field, nemo_value in NEMO_OPTIMIZER_DEFAULTS.items():
             value = getattr(schedule, field)
-            if value != nemo_value:
+            # only a value the user wrote is a surprise; minispec's default is not a request
+            if value != nemo_value and loaded.is_set((block, field)):
                 yield loaded.locate(
                     (block, field),
                     f"gpt_train.py has no option for {field}; NeMo uses {nemo_value}, not {value}",
