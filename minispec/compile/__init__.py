@@ -25,6 +25,7 @@ from minispec.compile.dvc import (
 )
 from minispec.compile.graph import Stage, attach_commands, build_graph
 from minispec.errors import CompileError
+from minispec.report.dvcplots import dvc_plots
 from minispec.sources import parse_source
 from minispec.spec.load import PATH_FIELDS, LoadedSpec
 from minispec.spec.model import Spec
@@ -52,7 +53,7 @@ def compile_pipeline(loaded: LoadedSpec, out_dir: str | os.PathLike[str]) -> Com
     spec = relative_spec(loaded.spec, out_dir)
     stages = attach_commands(spec, build_graph(spec))
     source = source_description(loaded, out_dir)
-    dvc_body = render_yaml(pipeline_document(stages))
+    dvc_body = render_yaml(pipeline_document(stages, report_plots=dvc_plots(spec)))
     params_body = render_yaml(spec.model_dump(mode="json"))
     return CompiledPipeline(
         out_dir=out_dir,

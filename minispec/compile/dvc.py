@@ -42,8 +42,11 @@ PADDABLE = ("deps", "params")  # a repeated entry is harmless here, not in outs
 # dvc.yaml
 
 
-def pipeline_document(stages: list[Stage]) -> dict[str, Any]:
-    """The ``dvc.yaml`` mapping: stages (variant steps as foreach groups) and top-level plots."""
+def pipeline_document(
+    stages: list[Stage], report_plots: list[dict[str, Any]] = ()
+) -> dict[str, Any]:
+    """The ``dvc.yaml`` mapping: stages (variant steps as foreach groups) and top-level plots
+    (each training stage's curves, then the report's overlays and comparisons)."""
     doc: dict[str, Any] = {"stages": {}}
     groups: dict[str, list[Stage]] = {}
     for stage in stages:
@@ -56,7 +59,7 @@ def pipeline_document(stages: list[Stage]) -> dict[str, Any]:
             doc["stages"][stage.name] = stage_entry(stage)
     for step, members in groups.items():
         doc["stages"][step] = foreach_group(members)
-    plots = plot_definitions(stages)
+    plots = plot_definitions(stages) + list(report_plots)
     if plots:
         doc["plots"] = plots
     return doc
