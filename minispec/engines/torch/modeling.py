@@ -138,6 +138,17 @@ def save_model(
             tokenizer.save_pretrained(tmp)
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text, encoding="utf-8")
+        for file in tmp.iterdir():  # safetensors writes 0600; give the umask's usual permissions
+            if file.is_file():
+                file.chmod(0o666 & ~_umask())
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def decoder_layers(model: PreTrainedModel):
@@ -338,7 +349,7 @@ def load_gguf(path: Path, *, dtype) -> Loaded:
             f"{path}: non-finite weights after dequantization ({', '.join(bad[:3])}...)",
             hint="the file is corrupted; download it again",
         )
-    return Loaded(model, tokenizer, {"architecture": architecture})
+    return Loaded(model, tokenizer, {"gguf_architecture": architecture})
 
 
 def plain_model(config, state_dict: dict, dtype) -> PreTrainedModel:
