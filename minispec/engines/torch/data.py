@@ -419,35 +419,45 @@ def count_txt(file: Path, text_field: str) -> int:
         return sum(1 for _ in handle)
 
 
-def _json_records(file: Path) -> list | None:
-    """A ``.json`` file holding one array of records (or ``{"data": [...]}``); None for JSON Lines."""
+def _json_records(file: Path, text_field: str) -> list | None:
+    """Records of a ``.json`` file that is one array (or ``{"data": [...]}``); None for JSON Lines."""
     with _open_binary(file) as handle:
-        head = handle.read(4096).lstrip()
-    if not head.startswith(b"["):
-        first_line = head.split(b"\n", 1)[0]
-        try:
-            json.loads(first_line)
-            return None  # the first line is a complete value: JSON Lines
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            if not head.startswith(b"{"):
-                return None  # let the JSON Lines reader report the bad line
+        first_line = handle.readline()
+        while first_line and not first_line.strip():
+            first_line = handle.readline()
+    if not first_line.lstrip().startswith((b"[", b"{")):
+        return None  # the JSON Lines reader reports what is wrong, with the line
+    try:
+        first = json.loads(first_line)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        first = None  # a document spread over several lines
+    else:
+        if not _is_data_wrapper(first, text_field) and not isinstance(first, list):
+            return None  # the first line is a complete record: JSON Lines
     with _open_binary(file) as handle:
-        raw = handle.read()
-    text = _decode_whole(raw, file)
+        text = _decode_whole(handle.read(), file)
     try:
         document = json.loads(text)
     except json.JSONDecodeError as exc:
+        if first is not None or exc.msg == "Extra data":
+            return None  # several values: JSON Lines after all
         raise StageError(
             f"{file}:{exc.lineno}: invalid JSON ({exc.msg} at column {exc.colno})",
             hint="the file looks truncated or malformed",
         ) from None
-    if isinstance(document, dict) and isinstance(document.get("data"), list):
+    if _is_data_wrapper(document, text_field):
         document = document["data"]
     if not isinstance(document, list):
         raise StageError(
             f'{file}: expected JSON Lines, a JSON array of records or {{"data": [...]}}'
         )
     return document
+
+
+def _is_data_wrapper(value, text_field: str) -> bool:
+    return (
+        isinstance(value, dict) and isinstance(value.get("data"), list) and text_field not in value
+    )
 
 
 def _decode_whole(raw: bytes, file: Path) -> str:
@@ -461,7 +471,7 @@ def _decode_whole(raw: bytes, file: Path) -> str:
 
 
 def read_json(file: Path, text_field: str) -> Iterator[str]:
-    records = _json_records(file)
+    records = _json_records(file, text_field)
     if records is None:
         yield from read_jsonl(file, text_field)
         return
@@ -470,7 +480,7 @@ def read_json(file: Path, text_field: str) -> Iterator[str]:
 
 
 def count_json(file: Path, text_field: str) -> int:
-    records = _json_records(file)
+    records = _json_records(file, text_field)
     return count_jsonl(file, text_field) if records is None else len(records)
 
 

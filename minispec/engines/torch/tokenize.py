@@ -224,7 +224,7 @@ def tokenize_file(path: Path, prefix: Path, pool: TokenizerPool, dtype, desc: st
 
 def chunk_bytes(size: int, workers: int) -> int:
     """``CHUNK_BYTES``, or less for small files so that every worker gets several ranges."""
-    return max(16 * 1024, min(CHUNK_BYTES, size // (8 * workers) + 1))
+    return min(CHUNK_BYTES, max(16 * 1024, size // (8 * workers) + 1))
 
 
 def line_ranges(path: Path, chunk_bytes: int) -> Iterator[tuple[int, int]]:
