@@ -329,13 +329,28 @@ def load_gguf(path: Path, *, dtype) -> Loaded:
             hint=f"minispec supports Llama-family decoders: {', '.join(SUPPORTED_GGUF_ARCHITECTURES)}",
         )
     try:
-        quantized = AutoModelForCausalLM.from_pretrained(
-            path.parent, gguf_file=path.name, dtype=torch.float32
+        quantized, report = AutoModelForCausalLM.from_pretrained(
+            path.parent, gguf_file=path.name, dtype=torch.float32, output_loading_info=True
         )
+    except Exception as exc:
+        raise StageError(
+            f"{path}: transformers cannot load this GGUF ({type(exc).__name__}: {' '.join(str(exc).split())})",
+            hint="the file is damaged or not a complete model GGUF; download it again",
+        ) from None
+    # transformers fills weights a GGUF lacks with random values and only logs it: refuse instead
+    absent = [*report.get("missing_keys", []), *(str(k) for k in report.get("mismatched_keys", []))]
+    if absent:
+        raise StageError(
+            f"{path}: the GGUF lacks {len(absent)} weights of its {architecture} model or has them in the wrong shape "
+            f"({', '.join(sorted(absent)[:3])}, ...)",
+            hint="the file is damaged, or not a complete model; download it again",
+        )
+    try:
         tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     except Exception as exc:
         raise StageError(
-            f"{path}: transformers cannot load this GGUF ({type(exc).__name__}: {' '.join(str(exc).split())})"
+            f"{path}: cannot build the tokenizer from this GGUF ({type(exc).__name__}: {' '.join(str(exc).split())})",
+            hint="the file is damaged or has no tokenizer metadata; download it again",
         ) from None
     config = copy.deepcopy(quantized.config)
     if hasattr(config, "quantization_config"):
