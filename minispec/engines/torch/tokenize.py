@@ -13,21 +13,25 @@ The output is byte for byte what NeMo's ``preprocess_data_for_megatron.py --appe
 - tokens are uint16 when ``len(tokenizer)`` < 65,500, else int32 (Megatron's
   ``best_fitting_dtype`` of the same vocabulary size).
 
-Speed: the file is cut into line-aligned byte ranges that worker processes (``data.workers``,
-default every core) read, parse and tokenize themselves, each with the Rust tokenizer on one
-thread; the parent only appends the returned arrays. That beat the tokenizer's own rayon batch
-parallelism here (``benchmarks/tokenize_speed.py``). Memory stays flat: a bounded number of
-ranges is in flight and the writer streams to disk.
+Speed: three stages overlap, connected by small bounded queues — a thread reads and parses
+JSON lines, a thread runs the Rust tokenizer on batches (it releases the GIL and spreads each
+batch over ``data.workers`` threads, default every core), and the main thread appends the ids
+to the ``.bin``. Per token, Python only turns the tokenizer's lists into numpy arrays.
+Memory stays flat: a few batches are in flight and the writer streams to disk. (Worker
+processes that each tokenize a byte range serially were measured too: the Rust tokenizer's
+own thread pool spends ~20 % less CPU per token here; see ``benchmarks/RESULTS.md``.)
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
+import queue
 import sys
+import threading
 import time
-from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,28 +43,7 @@ from minispec.engines.torch.indexed import IndexedDatasetWriter, optimal_dtype
 from minispec.errors import StageError
 from minispec.fsio import atomic_dir, write_json_atomic
 
-CHUNK_BYTES = 512 * 1024  # a worker's unit of work: big enough to amortise IPC, small for progress
 INT32_MAX = np.iinfo(np.int32).max
-
-
-@dataclass
-class Encoded:
-    """What a worker returns for one byte range of a JSONL file."""
-
-    lengths: np.ndarray  # int32[documents]: tokens per kept document, EOD included
-    ids: np.ndarray  # dtype[sum(lengths)]: every kept document's ids back to back
-    rows: int  # JSON lines read
-    empty: int  # rows skipped because their text has no tokens
-    bytes: int  # bytes of the range
-    max_id: int  # largest id in ``ids`` (-1 when none)
-
-
-class BadRecord(Exception):
-    """A line a worker cannot use; ``offset`` is its byte offset in the file."""
-
-    def __init__(self, offset: int, message: str, hint: str | None = None):
-        super().__init__(offset, message, hint)
-        self.offset, self.message, self.hint = offset, message, hint
 
 
 # --------------------------------------------------------------------------------------------
@@ -81,12 +64,12 @@ def run(spec, variant, root: Path) -> None:
 
     splits = {}
     started = time.perf_counter()
-    with TokenizerPool(tokenizer.backend_tokenizer.to_str(), eod, dtype, workers) as pool:
-        with atomic_dir(root / layout.TOKENS_DIR) as tmp:
-            for split, path in inputs.items():
-                prefix = tmp / Path(layout.tokens_prefix(split)).name
-                splits[split] = tokenize_file(path, prefix, pool, dtype, desc=split)
-                _check_split(split, path, splits[split], teacher_vocab)
+    encoder = Encoder(tokenizer.backend_tokenizer, eod, dtype)
+    with tokenizer_threads(workers), atomic_dir(root / layout.TOKENS_DIR) as tmp:
+        for split, path in inputs.items():
+            prefix = tmp / Path(layout.tokens_prefix(split)).name
+            splits[split] = tokenize_file(path, prefix, encoder, desc=split)
+            _check_split(split, path, splits[split], teacher_vocab)
     seconds = time.perf_counter() - started
     total = sum(s["tokens"] for s in splits.values())
     metrics = {
@@ -97,7 +80,7 @@ def run(spec, variant, root: Path) -> None:
         "eod_token": eod_token,
         "append_eod": True,
         "bos_added": False,
-        "workers": workers,
+        "threads": workers,
         "tokens": total,
         "seconds": round(seconds, 3),
         "tokens_per_second": round(total / seconds, 1) if seconds > 0 else None,
@@ -177,8 +160,30 @@ def available_cores() -> int:
 # --------------------------------------------------------------------------------------------
 # one file
 
+# JSONL bytes per tokenizer call, ~400 WikiText rows: of 64 KiB to 1 MiB, 128 KiB used the least
+# CPU per token here (benchmarks/RESULTS.md); bounded in bytes because documents can be huge
+BATCH_BYTES = 128 * 1024
+QUEUE_DEPTH = 2  # batches waiting between two stages
 
-def tokenize_file(path: Path, prefix: Path, pool: TokenizerPool, dtype, desc: str = "") -> dict:
+
+@dataclass
+class Batch:
+    texts: list[str]
+    rows: int  # JSON lines read (blank lines are not rows)
+    bytes: int  # bytes of the file these lines span
+
+
+@dataclass
+class Encoded:
+    lengths: np.ndarray  # int32[documents]: tokens per kept document, EOD included
+    ids: np.ndarray  # dtype[sum(lengths)]: every kept document's ids back to back
+    rows: int
+    empty: int  # rows skipped because their text has no tokens
+    bytes: int
+    max_id: int  # largest id in ``ids`` (-1 when none)
+
+
+def tokenize_file(path: Path, prefix: Path, encoder: Encoder, desc: str = "") -> dict:
     """Tokenize one JSONL file into ``<prefix>.bin/.idx``; returns the split's statistics."""
     from tqdm import tqdm
 
@@ -186,28 +191,24 @@ def tokenize_file(path: Path, prefix: Path, pool: TokenizerPool, dtype, desc: st
     rows = empty = 0
     max_id = -1
     started = time.perf_counter()
-    with (
-        IndexedDatasetWriter(prefix, dtype) as writer,
-        tqdm(
-            total=size,
-            unit="B",
-            unit_scale=True,
-            desc=f"tokenize {desc}".strip(),
-            file=sys.stderr,
-            mininterval=0.5,
-        ) as bar,
-    ):
-        try:
-            for encoded in pool.map(str(path), line_ranges(path, chunk_bytes(size, pool.workers))):
-                writer.add_documents(encoded.lengths, encoded.ids)
-                rows += encoded.rows
-                empty += encoded.empty
-                max_id = max(max_id, encoded.max_id)
-                bar.update(encoded.bytes)
-        except BadRecord as bad:
-            raise StageError(
-                f"{path}:{line_of_offset(path, bad.offset)}: {bad.message}", hint=bad.hint
-            ) from None
+    bar = tqdm(
+        total=size,
+        unit="B",
+        unit_scale=True,
+        desc=f"tokenize {desc}".strip(),
+        file=sys.stderr,
+        mininterval=0.5,
+    )
+    with IndexedDatasetWriter(prefix, encoder.dtype) as writer, bar:
+        batches = in_background(read_batches(path))
+        for batch, encodings in in_background(encode_all(batches, encoder)):
+            # converting here lets the tokenizer's threads already work on the next batch
+            encoded = encoder.to_arrays(batch, encodings)
+            writer.add_documents(encoded.lengths, encoded.ids)
+            rows += encoded.rows
+            empty += encoded.empty
+            max_id = max(max_id, encoded.max_id)
+            bar.update(encoded.bytes)
         documents, tokens = writer.documents, writer.tokens
     seconds = time.perf_counter() - started
     return {
@@ -222,146 +223,162 @@ def tokenize_file(path: Path, prefix: Path, pool: TokenizerPool, dtype, desc: st
     }
 
 
-def chunk_bytes(size: int, workers: int) -> int:
-    """``CHUNK_BYTES``, or less for small files so that every worker gets several ranges."""
-    return min(CHUNK_BYTES, max(16 * 1024, size // (8 * workers) + 1))
-
-
-def line_ranges(path: Path, chunk_bytes: int) -> Iterator[tuple[int, int]]:
-    """``[start, end)`` byte ranges of about ``chunk_bytes`` that begin and end on line boundaries."""
-    size = path.stat().st_size
+def read_batches(path: Path) -> Iterator[Batch]:
+    """The texts of ``{"text": ...}`` lines, in batches; a bad line stops with its file and line."""
+    number = 1  # line number of the batch's first line
     with open(path, "rb") as handle:
-        start = 0
-        while start < size:
-            handle.seek(min(start + chunk_bytes, size))
-            handle.readline()  # move to the end of the line the cut fell into
-            end = min(handle.tell(), size)
-            yield start, end
-            start = end
+        while lines := handle.readlines(BATCH_BYTES):
+            texts = parse_lines(lines, path, number)  # blank lines hold no record: not rows
+            yield Batch(texts, len(texts), sum(map(len, lines)))
+            number += len(lines)
 
 
-def line_of_offset(path: Path, offset: int) -> int:
-    """1-based line number of a byte offset (only computed when reporting an error)."""
-    line, done = 1, 0
-    with open(path, "rb") as handle:
-        while done < offset:
-            block = handle.read(min(1 << 20, offset - done))
-            if not block:
-                break
-            line += block.count(b"\n")
-            done += len(block)
-    return line
-
-
-# --------------------------------------------------------------------------------------------
-# workers
-
-_WORKER: dict = {}
-
-
-def _init_worker(tokenizer_json: str, eod: int, dtype: str) -> None:
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one Rust thread per worker process
-    from tokenizers import Tokenizer
-
-    _WORKER.update(tokenizer=Tokenizer.from_str(tokenizer_json), eod=eod, dtype=np.dtype(dtype))
-
-
-def encode_range(path: str, start: int, end: int) -> Encoded:
-    """Read, parse and tokenize the JSON lines in ``[start, end)`` of ``path``."""
-    with open(path, "rb") as handle:
-        handle.seek(start)
-        lines = handle.read(end - start).split(b"\n")
-    texts = []
-    for index, line in enumerate(lines):
-        if not line.strip():
-            continue  # the empty piece after the last newline, or a blank line
-        try:
-            texts.append(json.loads(line)["text"])
-        except Exception as exc:  # explained with the line's offset in _bad_line
-            raise _bad_line(
-                exc, line, start + sum(len(piece) + 1 for piece in lines[:index])
-            ) from None
-        if not isinstance(texts[-1], str):
-            raise BadRecord(
-                start + sum(len(piece) + 1 for piece in lines[:index]),
-                f"field 'text' is {type(texts[-1]).__name__}, expected a string",
-            )
-    return encode_texts(texts, end - start)
-
-
-def encode_texts(texts: list[str], nbytes: int) -> Encoded:
-    tokenizer, eod, dtype = _WORKER["tokenizer"], _WORKER["eod"], _WORKER["dtype"]
-    ids = [
-        encoding.ids for encoding in tokenizer.encode_batch_fast(texts, add_special_tokens=False)
+def parse_lines(lines: list[bytes], path: Path, first_number: int) -> list[str]:
+    """Parse a batch of lines in one ``json.loads`` call; on any doubt, line by line (exact errors)."""
+    try:
+        texts = [record["text"] for record in json.loads(b"[" + b",".join(lines) + b"]")]
+        if all(type(text) is str for text in texts):
+            return texts
+    except (
+        ValueError,
+        TypeError,
+        KeyError,
+    ):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        pass
+    return [
+        parse_line(line, path, first_number + i) for i, line in enumerate(lines) if line.strip()
     ]
-    kept = [doc for doc in ids if doc]
-    for doc in kept:
-        doc.append(eod)
-    lengths = np.fromiter(map(len, kept), dtype=np.int32, count=len(kept))
-    flat = np.fromiter(itertools.chain.from_iterable(kept), dtype=dtype, count=int(lengths.sum()))
-    max_id = int(flat.max()) if flat.size else -1
-    return Encoded(lengths, flat, len(texts), len(ids) - len(kept), nbytes, max_id)
 
 
-def _bad_line(exc: Exception, line: bytes, offset: int) -> BadRecord:
-    if isinstance(exc, UnicodeDecodeError):
-        return BadRecord(
-            offset,
-            f"invalid UTF-8 (byte {exc.start} of the line)",
-            "re-encode the file as UTF-8, or rerun the data stage",
+def parse_line(line: bytes, path: Path, number: int) -> str:
+    try:
+        record = json.loads(line)
+    except UnicodeDecodeError as exc:
+        raise StageError(
+            f"{path}:{number}: invalid UTF-8 (byte {exc.start} of the line)",
+            hint="re-encode the file as UTF-8, or rerun the data stage",
+        ) from None
+    except json.JSONDecodeError as exc:
+        raise StageError(
+            f"{path}:{number}: invalid JSON ({exc.msg} at column {exc.colno}); a truncated line?",
+            hint="rerun the data stage to rewrite the file",
+        ) from None
+    if not isinstance(record, dict) or "text" not in record:
+        raise StageError(
+            f"{path}:{number}: no field 'text'",
+            hint='the data stage writes {"text": ...} lines; rerun it',
         )
-    if isinstance(exc, json.JSONDecodeError):
-        return BadRecord(
-            offset,
-            f"invalid JSON ({exc.msg} at column {exc.colno}); a truncated line?",
-            "rerun the data stage to rewrite the file",
+    text = record["text"]
+    if not isinstance(text, str):
+        raise StageError(
+            f"{path}:{number}: field 'text' is {type(text).__name__}, expected a string"
         )
-    if isinstance(exc, KeyError):
-        return BadRecord(
-            offset, "no field 'text'", 'the data stage writes {"text": ...} lines; rerun it'
-        )
-    return BadRecord(
-        offset, f"expected a JSON object with a 'text' field ({type(exc).__name__}: {exc})"
-    )
+    return text
 
 
-class TokenizerPool:
-    """Worker processes that each hold the tokenizer; ``map`` keeps order and a bounded backlog.
+class Encoder:
+    """Token ids of a batch of texts, NeMo's way: no special tokens, EOD appended, empty skipped.
 
-    With one worker everything runs in this process (no start-up cost, easy to debug).
+    Two halves so that they can overlap: :meth:`encode` runs the Rust tokenizer (no GIL, every
+    thread of its pool) and :meth:`to_arrays` turns its output into numpy arrays (Python).
     """
 
-    def __init__(self, tokenizer_json: str, eod: int, dtype, workers: int):
-        self.args = (tokenizer_json, int(eod), np.dtype(dtype).name)
-        self.workers = max(1, int(workers))
-        self.pool = None
+    def __init__(self, tokenizer, eod: int, dtype):
+        self.tokenizer = tokenizer  # a tokenizers.Tokenizer (the Rust one behind the HF tokenizer)
+        self.eod = int(eod)
+        self.dtype = np.dtype(dtype)
 
-    def __enter__(self) -> TokenizerPool:
-        if self.workers == 1:
-            _init_worker(*self.args)
-        else:
-            import multiprocessing
+    def encode(self, batch: Batch) -> tuple[Batch, list]:
+        return batch, self.tokenizer.encode_batch_fast(batch.texts, add_special_tokens=False)
 
-            # spawn: workers start clean (no inherited threads of torch or of a parallel tokenizer)
-            self.pool = multiprocessing.get_context("spawn").Pool(
-                self.workers, initializer=_init_worker, initargs=self.args
-            )
-        return self
+    def to_arrays(self, batch: Batch, encodings: list) -> Encoded:
+        kept = [ids for ids in (encoding.ids for encoding in encodings) if ids]
+        for ids in kept:
+            ids.append(self.eod)
+        lengths = np.fromiter(map(len, kept), dtype=np.int32, count=len(kept))
+        flat = np.fromiter(
+            itertools.chain.from_iterable(kept), dtype=self.dtype, count=int(lengths.sum())
+        )
+        max_id = int(flat.max()) if flat.size else -1
+        return Encoded(lengths, flat, batch.rows, len(batch.texts) - len(kept), batch.bytes, max_id)
 
-    def __exit__(self, *exc) -> None:
-        if self.pool is not None:
-            self.pool.terminate()
-            self.pool.join()
+    def __call__(self, batch: Batch) -> Encoded:
+        return self.to_arrays(*self.encode(batch))
 
-    def map(self, path: str, ranges: Iterator[tuple[int, int]]) -> Iterator[Encoded]:
-        if self.pool is None:
-            for start, end in ranges:
-                yield encode_range(path, start, end)
-            return
-        pending: deque = deque()
-        for start, end in ranges:
-            pending.append(self.pool.apply_async(encode_range, (path, start, end)))
-            if len(pending) >= 2 * self.workers:
-                yield pending.popleft().get()
-        while pending:
-            yield pending.popleft().get()
+
+def encode_all(batches: Iterator[Batch], encoder: Encoder) -> Iterator[tuple[Batch, list]]:
+    try:
+        for batch in batches:
+            yield encoder.encode(batch)
+    finally:
+        close = getattr(batches, "close", None)
+        if close is not None:
+            close()  # stops the reader thread behind ``batches``
+
+
+def in_background(iterator: Iterator, depth: int = QUEUE_DEPTH) -> Iterator:
+    """Run ``iterator`` in a thread, ``depth`` items ahead; its exceptions surface here.
+
+    Closing the returned generator (or an exception in the consumer) stops the thread and closes
+    ``iterator``, so a chain of these shuts down cleanly.
+    """
+    items: queue.Queue = queue.Queue(depth)
+    stop = threading.Event()
+    done = object()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                items.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in iterator:
+                if not put((True, item)):
+                    return
+            put((True, done))
+        except BaseException as exc:  # handed to the consumer, raised there
+            put((False, exc))
+        finally:
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                close()
+
+    thread = threading.Thread(target=produce, name="minispec-tokenize", daemon=True)
+    thread.start()
+    try:
+        while True:
+            ok, item = items.get()
+            if not ok:
+                raise item
+            if item is done:
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
+@contextlib.contextmanager
+def tokenizer_threads(threads: int):
+    """Let the Rust tokenizer use ``threads`` threads (its rayon pool) while the stage runs.
+
+    ``RAYON_NUM_THREADS`` takes effect only if the pool has not started yet in this process,
+    which is the case in a stage process; the count never changes results.
+    """
+    names = ("TOKENIZERS_PARALLELISM", "RAYON_NUM_THREADS")
+    saved = {name: os.environ.get(name) for name in names}
+    os.environ["TOKENIZERS_PARALLELISM"] = "true" if threads > 1 else "false"
+    os.environ["RAYON_NUM_THREADS"] = str(threads)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

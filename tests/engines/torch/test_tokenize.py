@@ -103,9 +103,7 @@ def test_worker_counts_give_identical_files(
     words = [
         " ".join(f"w{len(w) % 200}" for w in text.split()) for text in texts
     ]  # in-vocabulary words
-    monkeypatch.setattr(
-        tokenize, "CHUNK_BYTES", 2048
-    )  # many ranges, so order across workers matters
+    monkeypatch.setattr(tokenize, "BATCH_BYTES", 300)  # many batches through the pipeline
     outputs = []
     for workers in (1, 2):
         root = pipeline_with_jsonl(
@@ -197,8 +195,8 @@ def test_bad_lines_are_reported_with_their_line_number(
     make_pipeline, tiny_tokenizer_dir, monkeypatch, workers, bad, message
 ):
     good = "".join(json.dumps({"text": f"w{i % 200} w7"}) + "\n" for i in range(3000)).encode()
-    content = good + bad + b"\n" + good  # the bad line is number 3001, deep inside a later range
-    monkeypatch.setattr(tokenize, "CHUNK_BYTES", 4096)
+    content = good + bad + b"\n" + good  # the bad line is number 3001, deep inside a later batch
+    monkeypatch.setattr(tokenize, "BATCH_BYTES", 1000)
     splits = {"train": [f"w{i}" for i in range(5)], "validation": content, "test": ["w1"]}
     root = pipeline_with_jsonl(
         make_pipeline, splits, tiny_tokenizer_dir, data={"source": "x", "workers": workers}
@@ -263,3 +261,35 @@ def test_data_tokenizer_overrides_the_teacher(make_pipeline, tiny_tokenizer_dir)
     assert dataset[0].tolist() == [8, 2]
     metrics = json.loads((root / "metrics" / "tokenize.json").read_text())
     assert metrics["tokenizer"] == str(tiny_tokenizer_dir)
+
+
+def test_background_stages_stop_cleanly_when_the_consumer_fails():
+    import threading
+
+    closed = []
+
+    def source():
+        try:
+            yield from range(1000)
+        finally:
+            closed.append(True)
+
+    def doubled(items):
+        try:
+            for item in items:
+                yield 2 * item
+        finally:
+            items.close()
+
+    pipeline = tokenize.in_background(doubled(tokenize.in_background(source())))
+    assert [next(pipeline) for _ in range(3)] == [0, 2, 4]
+    pipeline.close()
+    assert closed == [True]
+    assert not [t for t in threading.enumerate() if t.name == "minispec-tokenize"]
+
+    def failing():
+        yield 1
+        raise ValueError("bad input")
+
+    with pytest.raises(ValueError, match="bad input"):
+        list(tokenize.in_background(failing()))
