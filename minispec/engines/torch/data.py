@@ -19,7 +19,8 @@ the exact counts are fixed first (largest remainders), then a seeded permutation
 
 Local files are read directly rather than through ``datasets``: line by line (or in Parquet
 record batches), so memory stays flat, nothing is copied into a cache, and a bad record is
-reported with its file and line.
+reported with its file and line. (A ``.json`` file holding one JSON array is the exception: it
+is parsed whole; use JSON Lines or Parquet for large corpora.)
 
 Output: one JSON object per line, ``{"text": ...}`` (``json.dumps`` defaults, the format of the
 original tutorial's snippet with a real newline), every row kept exactly as the source has it,
