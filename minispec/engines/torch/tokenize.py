@@ -235,15 +235,14 @@ def read_batches(path: Path) -> Iterator[Batch]:
 
 def parse_lines(lines: list[bytes], path: Path, first_number: int) -> list[str]:
     """Parse a batch of lines in one ``json.loads`` call; on any doubt, line by line (exact errors)."""
+    # JSONDecodeError and UnicodeDecodeError are ValueErrors; a record that is not an object
+    # raises TypeError, one without "text" KeyError; a line holding two records changes the count
     try:
-        texts = [record["text"] for record in json.loads(b"[" + b",".join(lines) + b"]")]
-        if all(type(text) is str for text in texts):
+        records = json.loads(b"[" + b",".join(lines) + b"]")
+        texts = [record["text"] for record in records]
+        if len(texts) == len(lines) and all(type(text) is str for text in texts):
             return texts
-    except (
-        ValueError,
-        TypeError,
-        KeyError,
-    ):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+    except (ValueError, TypeError, KeyError):
         pass
     return [
         parse_line(line, path, first_number + i) for i, line in enumerate(lines) if line.strip()

@@ -189,6 +189,7 @@ def test_tokenizer_without_eos_is_refused(make_pipeline, tmp_path, tiny_tokenize
         (b'{"text": "caf\xe9"}', "invalid UTF-8"),
         (b'{"body": "w1"}', "no field 'text'"),
         (b'{"text": 5}', "field 'text' is int"),
+        (b'{"text": "w1"}, {"text": "w2"}', "invalid JSON"),  # two records on one line
     ],
 )
 def test_bad_lines_are_reported_with_their_line_number(
