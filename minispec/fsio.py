@@ -12,6 +12,13 @@ from pathlib import Path
 from typing import Any
 
 
+def _default_mode(directory: bool) -> int:
+    """Permissions a plain ``open``/``mkdir`` would give (mkstemp/mkdtemp create 0600/0700)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return (0o777 if directory else 0o666) & ~umask
+
+
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
     """Write ``text`` to a temporary file beside ``path``, fsync it and rename it into place."""
     path = Path(path)
@@ -19,6 +26,7 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            os.fchmod(handle.fileno(), _default_mode(directory=False))
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
@@ -42,6 +50,7 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
     try:
+        os.chmod(tmp, _default_mode(directory=True))
         yield tmp
         if path.exists():
             old = path.with_name(f".{path.name}.old")

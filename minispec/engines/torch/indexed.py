@@ -74,6 +74,8 @@ class IndexedDatasetWriter:
 
     def add_documents(self, lengths: np.ndarray, flat_ids: np.ndarray) -> None:
         """Append many documents at once: ``flat_ids`` is every document's ids concatenated."""
+        if int(np.sum(lengths, dtype=np.int64)) != flat_ids.size:
+            raise ValueError(f"lengths sum to {int(np.sum(lengths))} tokens but {flat_ids.size} ids were given")
         if flat_ids.size and (flat_ids.min() < 0 or flat_ids.max() > self._max_id):
             raise ValueError(f"token id out of range for {self.dtype.name}")
         self._bin.write(flat_ids.astype(self.dtype, copy=False).tobytes(order="C"))
@@ -82,13 +84,19 @@ class IndexedDatasetWriter:
         self.tokens += int(flat_ids.size)
 
     def close(self) -> None:
-        """Write the index and move both files to their final names."""
-        self._bin.close()
-        self._lengths.close()
-        self._write_index()
-        os.replace(self._tmp_bin, self.prefix.with_name(self.prefix.name + ".bin"))
-        os.replace(self._tmp_idx, self.prefix.with_name(self.prefix.name + ".idx"))
-        self._tmp_lengths.unlink()
+        """Write the index and move both files to their final names (or leave nothing on failure)."""
+        try:
+            self._bin.flush()
+            os.fsync(self._bin.fileno())  # the .bin must be on disk before an index points into it
+            self._bin.close()
+            self._lengths.close()
+            self._write_index()
+            os.replace(self._tmp_bin, self.prefix.with_name(self.prefix.name + ".bin"))
+            os.replace(self._tmp_idx, self.prefix.with_name(self.prefix.name + ".idx"))
+            self._tmp_lengths.unlink()
+        except BaseException:
+            self.abort()
+            raise
 
     def abort(self) -> None:
         """Drop everything written so far (no partial dataset is left behind)."""
