@@ -37,6 +37,7 @@ from minispec.engines.torch.importance import load_importance
 from minispec.engines.torch.surgery import ModelDims, model_dims
 from minispec.engines.torch.width import (
     activation_scores,
+    check_pruned_config,
     magnitude_scores,
     prune_width,
     random_scores,
@@ -171,6 +172,7 @@ def run_width(spec, variant: str, settings: WidthPrune, config, root: Path) -> N
     where = f"prune.{variant}"
     dims = model_dims(config)
     targets = resolve_targets(settings, dims, where)
+    check_pruned_config(config, targets, where)
     tensors = (
         load_importance(root / layout.width_importance_path(), dims)
         if settings.importance == "activation"

@@ -332,14 +332,48 @@ def slice_state_dict(model: PreTrainedModel, plan: WidthPlan) -> dict[str, torch
     return state_dict
 
 
-def pruned_config(config, plan: WidthPlan, dims: ModelDims):
+def pruned_config(config, targets: WidthTargets, dims: ModelDims):
     new = copy_config(config)
-    new.hidden_size = len(plan.hidden)
-    new.intermediate_size = len(plan.ffn[0])
-    new.num_attention_heads = len(plan.query_heads[0])
-    new.num_key_value_heads = len(plan.kv_heads[0])
+    new.hidden_size = targets.hidden_size
+    new.intermediate_size = targets.ffn_hidden_size
+    new.num_attention_heads = targets.num_attention_heads
+    new.num_key_value_heads = targets.num_query_groups
     new.head_dim = dims.head_dim  # explicit: hidden_size / num_attention_heads no longer gives it
     return new
+
+
+def check_pruned_config(config, targets: WidthTargets, where: str) -> None:
+    """Refuse targets transformers would refuse when the pruned model is reloaded.
+
+    Configs validate themselves on load: e.g. ``LlamaConfig`` (transformers 5) requires
+    ``hidden_size`` to be a multiple of ``num_attention_heads`` even with an explicit
+    ``head_dim`` (Qwen2, Qwen3 and Mistral do not). Checked before any model is loaded.
+    """
+    dims = model_dims(config)
+    candidate = pruned_config(config, targets, dims).to_dict()
+    try:
+        type(config).from_dict(candidate)
+    except Exception as exc:  # transformers raises several types; report its own words
+        cause = exc.__cause__ or exc
+        hint = "choose targets the architecture's config accepts"
+        if targets.hidden_size % targets.num_attention_heads:
+            heads = targets.num_attention_heads
+            lower = targets.hidden_size - targets.hidden_size % heads
+            groups = targets.num_query_groups
+            options = [  # head counts that keep the groups and divide the hidden size
+                groups * per_group
+                for per_group in range(1, dims.heads_per_group + 1)
+                if targets.hidden_size % (groups * per_group) == 0
+            ]
+            hint = (
+                f"{config.model_type} needs hidden_size to be a multiple of num_attention_heads: set "
+                f"target_hidden_size to a multiple of {heads} (e.g. {lower} or {lower + heads})"
+            )
+            if options:
+                hint += f", or target_num_attention_heads to one of {options}"
+        raise StageError(
+            f"{where}: transformers refuses the pruned config: {cause}", hint=hint
+        ) from None
 
 
 def prune_width(
@@ -352,7 +386,6 @@ def prune_width(
         assert len(plan.ffn[layer]) == targets.ffn_hidden_size
         assert len(plan.query_heads[layer]) == targets.num_attention_heads
         assert len(plan.kv_heads[layer]) == targets.num_query_groups
-    new = rebuild_model(
-        model, pruned_config(model.config, plan, dims), slice_state_dict(model, plan)
-    )
+    config = pruned_config(model.config, targets, dims)
+    new = rebuild_model(model, config, slice_state_dict(model, plan))
     return new, plan

@@ -139,6 +139,11 @@ BAD = [
         "cannot be split evenly over 2 query groups",
     ),
     (
+        {"w": {"kind": "width", "target_hidden_size": 50}},
+        "w",
+        "hidden size (50) is not a multiple of the number of attention heads (4)",
+    ),
+    (
         {"w": {"kind": "width", "target_ffn_hidden_size": 64}},
         "w",
         "activations.safetensors not found",

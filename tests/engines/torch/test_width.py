@@ -222,6 +222,34 @@ def test_bad_targets_are_refused(tiny_llama, targets, message):
         resolve_targets(variant(**targets), dims, "prune.width")
 
 
+def test_targets_transformers_would_refuse_on_reload_are_refused_first(tiny_llama):
+    from minispec.engines.torch.width import check_pruned_config
+
+    # LlamaConfig wants hidden_size % num_attention_heads == 0 (6 heads in 2 groups, head_dim 16)
+    model = tiny_llama(
+        "llama", num_attention_heads=6, num_key_value_heads=2, head_dim=16, hidden_size=96
+    )
+    dims = model_dims(model.config)
+    targets = resolve_targets(variant(target_hidden_size=64), dims, "prune.width")
+    with pytest.raises(
+        StageError,
+        match="hidden size \\(64\\) is not a multiple of the number of attention heads \\(6\\)",
+    ) as error:
+        check_pruned_config(model.config, targets, "prune.width")
+    assert "multiple of 6 (e.g. 60 or 66)" in error.value.hint
+    assert (
+        "target_num_attention_heads to one of [2, 4]" in error.value.hint
+    )  # 2 groups of 1 or 2 heads
+    # Qwen2 has no such rule; a fitting Llama target passes
+    qwen2 = tiny_llama(
+        "qwen2", num_attention_heads=6, num_key_value_heads=2, head_dim=16, hidden_size=96
+    )
+    check_pruned_config(qwen2.config, targets, "prune.width")
+    check_pruned_config(
+        model.config, resolve_targets(variant(target_hidden_size=60), dims, "w"), "w"
+    )
+
+
 def test_heads_cannot_be_regrouped(tiny_llama):
     dims = model_dims(tiny_llama("llama", num_key_value_heads=4).config)  # MHA: 1 head per group
     with pytest.raises(
