@@ -12,10 +12,12 @@ running sums of one number per channel):
   ``[B, T, hidden]``. (Qwen3's ``q_norm``/``k_norm`` act over ``head_dim``, not the stream, and
   are not recorded.)
 
-Aggregation (Minitron, Muralidharan et al. 2024, §2.2 and the ablation that found
-"mean over sequence, L2 over batch" best; the same as NVIDIA ModelOpt's ``mcore_minitron``
-hooks): for each sample ``b`` and channel ``c`` take the mean over tokens of ``|a[b, t, c]|``,
-then the L2 norm over all calibration samples::
+Aggregation: the Minitron paper (Muralidharan et al. 2024, "Compact Language Models via
+Pruning and Knowledge Distillation", §2.2) sums activation magnitudes over batch and sequence
+and ablates the aggregation along each axis; NVIDIA ModelOpt's ``mcore_minitron`` hooks
+implement "mean over the sequence, L2 norm over the batch", which is what is done here: for
+each sample ``b`` and channel ``c`` take the mean over tokens of ``|a[b, t, c]|``, then the L2
+norm over all calibration samples::
 
     score[c] = sqrt( sum_b ( mean_t |a[b, t, c]| )^2 )
 
@@ -150,8 +152,15 @@ def save_importance(
         )
 
 
-def load_importance(path: Path, dims: ModelDims) -> dict[str, torch.Tensor]:
-    """Read the importance file and check it was computed for a model of these shapes."""
+def load_importance(
+    path: Path,
+    dims: ModelDims,
+    *,
+    calibration_samples: int | None = None,
+    seq_length: int | None = None,
+) -> dict[str, torch.Tensor]:
+    """Read the importance file; check it was computed for a model of these shapes and, when
+    given, on at least ``calibration_samples`` windows of ``seq_length`` tokens."""
     from safetensors import safe_open
 
     if not path.exists():
@@ -168,6 +177,21 @@ def load_importance(path: Path, dims: ModelDims) -> dict[str, torch.Tensor]:
         raise StageError(
             f"{path} was computed for a model with {found}, but the teacher has {expected}",
             hint="rerun the importance stage on the current teacher (dvc repro importance)",
+        )
+    stale = []
+    if seq_length is not None and metadata.get("seq_length") != str(seq_length):
+        stale.append(f"windows of {metadata.get('seq_length')} tokens, not {seq_length}")
+    if (
+        calibration_samples is not None
+        and int(metadata.get("calibration_samples", 0)) < calibration_samples
+    ):
+        stale.append(
+            f"{metadata.get('calibration_samples')} sequences, fewer than the {calibration_samples} asked for"
+        )
+    if stale:
+        raise StageError(
+            f"{path} is stale: it was computed on {' and '.join(stale)}",
+            hint="rerun the importance stage (dvc repro importance)",
         )
     return tensors
 

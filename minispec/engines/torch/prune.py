@@ -173,11 +173,14 @@ def run_width(spec, variant: str, settings: WidthPrune, config, root: Path) -> N
     dims = model_dims(config)
     targets = resolve_targets(settings, dims, where)
     check_pruned_config(config, targets, where)
-    tensors = (
-        load_importance(root / layout.width_importance_path(), dims)
-        if settings.importance == "activation"
-        else None
-    )
+    tensors = None
+    if settings.importance == "activation":
+        tensors = load_importance(
+            root / layout.width_importance_path(),
+            dims,
+            calibration_samples=settings.calibration_samples,
+            seq_length=spec.data.seq_length,
+        )
     validation = validation_windows(root, spec.data.seq_length)
 
     model, tokenizer, device = load_teacher(spec, root)

@@ -109,13 +109,18 @@ def test_saved_scores_reload_and_refuse_another_model(tiny_llama, tmp_path):
     dims = model_dims(model.config)
     tensors, _ = collect_importance(model, [windows()])
     path = tmp_path / "importance" / "activations.safetensors"
-    save_importance(path, tensors, dims, {"calibration_samples": 6})
+    save_importance(path, tensors, dims, {"calibration_samples": 6, "seq_length": 12})
     loaded = load_importance(path, dims)
     assert loaded.keys() == tensors.keys()
     torch.testing.assert_close(loaded["hidden"], tensors["hidden"])
     other = model_dims(tiny_llama(intermediate_size=96).config)
     with pytest.raises(StageError, match="computed for a model with"):
         load_importance(path, other)
+    assert load_importance(path, dims, calibration_samples=6, seq_length=12)
+    with pytest.raises(StageError, match="stale: it was computed on 6 sequences, fewer than the 8"):
+        load_importance(path, dims, calibration_samples=8)
+    with pytest.raises(StageError, match="windows of 12 tokens, not 256"):
+        load_importance(path, dims, seq_length=256)
     with pytest.raises(StageError, match="missing.safetensors not found") as error:
         load_importance(tmp_path / "missing.safetensors", dims)
     assert "run the importance stage" in error.value.hint
