@@ -69,6 +69,11 @@ def width_importance_path() -> str:
     return f"{IMPORTANCE_DIR}/activations.safetensors"
 
 
+def width_importance_summary_path() -> str:
+    """Human-readable summary of the importance pass (calibration settings, score ranges, timing)."""
+    return f"{IMPORTANCE_DIR}/activations.json"
+
+
 def metrics_path(stage: str) -> str:
     """Metrics JSON of a stage; ``stage`` may be ``prune@width`` (written as ``prune-width``)."""
     return f"{METRICS_DIR}/{stage.replace('@', '-')}.json"
