@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+from tiny_models import make_tiny_model, tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("MINISPEC_SHARED", REPO.parent / "shared"))
@@ -16,40 +17,6 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the hub
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-
-def tiny_config(model_type: str = "llama", **overrides):
-    """A tiny config of a supported architecture; GQA by default (4 heads, 2 KV heads)."""
-    from transformers import AutoConfig
-
-    base = dict(
-        vocab_size=256,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-        max_position_embeddings=512,
-        tie_word_embeddings=True,
-        rms_norm_eps=1e-5,
-    )
-    base.update(overrides)
-    return AutoConfig.for_model(model_type, **base)
-
-
-def make_tiny_model(config, seed: int = 0):
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
-    # random init leaves norms at 1; perturb them so tests see every weight matter
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "norm" in name:
-                param.add_(torch.randn_like(param) * 0.1)
-    return model.eval()
 
 
 @pytest.fixture

@@ -60,6 +60,8 @@ DVC_INVALID_STAGENAME_CHARS = frozenset(string.punctuation) - {"_", "-"}
 
 # Settings that change numbers (device kind, autocast precision) for stages that run models.
 COMPUTE_RESOURCES = ("resources.accelerator", "resources.precision")
+# what loading the working teacher reads (device, dtype, remote code)
+MODEL_LOADING = ("resources.accelerator", "teacher.dtype", "teacher.trust_remote_code")
 
 
 @dataclass(frozen=True)
@@ -295,26 +297,23 @@ def importance_stage(spec: Spec) -> Stage:
         None,
         "Score MLP neurons, attention heads and embedding channels by their activations",
         deps=[layout.working_teacher_dir(spec), layout.TOKENS_DIR],
-        params=["data.seq_length", "seed", *samples, *COMPUTE_RESOURCES],
-        outs=[Out(layout.width_importance_path())],
+        params=["data.seq_length", "seed", *samples, *MODEL_LOADING],
+        outs=[Out(layout.IMPORTANCE_DIR)],
     )
 
 
 def prune_stage(spec: Spec, variant: str) -> Stage:
     config = spec.prune[variant]
-    deps = [layout.working_teacher_dir(spec)]
-    params = [f"prune.{variant}"]
-    if isinstance(config, WidthPrune):
-        if config.importance == "activation" and has_importance_stage(spec):
-            deps.append(layout.width_importance_path())
-        elif config.importance == "activation":  # calibrated inside the prune stage (nemo)
-            deps.append(layout.TOKENS_DIR)
-            params += ["data.seq_length", "seed", *COMPUTE_RESOURCES]
-        elif config.importance == "random":
-            params.append("seed")
-    elif config.target_num_layers is not None:  # the layers to drop come from a calibration pass
-        deps.append(layout.TOKENS_DIR)
-        params += ["data.seq_length", "seed", *COMPUTE_RESOURCES]
+    # every variant reads the tokens: calibration (importance-chosen layers, nemo's width pass)
+    # and the quick validation loss written right after pruning
+    deps = [layout.working_teacher_dir(spec), layout.TOKENS_DIR]
+    params = [f"prune.{variant}", "data.seq_length", "seed", *MODEL_LOADING]
+    if (
+        isinstance(config, WidthPrune)
+        and config.importance == "activation"
+        and has_importance_stage(spec)
+    ):
+        deps.append(layout.IMPORTANCE_DIR)
     name = f"prune@{variant}"
     return Stage(
         name,

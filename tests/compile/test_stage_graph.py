@@ -55,13 +55,12 @@ def test_quickstart_deps_params_outs(tmp_path):
     assert set(s["importance"].deps) == {"models/teacher-corrected", "data/tokens"}
     assert "prune.width.calibration_samples" in s["importance"].params
     assert not any(p.startswith("prune.width.target") for p in s["importance"].params)
-    assert s["importance"].outs == [Out("importance/activations.safetensors")]
-    # width: scores from importance; depth by lm_loss: a calibration pass on the tokens
-    assert set(s["prune@width"].deps) == {
-        "models/teacher-corrected",
-        "importance/activations.safetensors",
-    }
-    assert s["prune@width"].params == ["prune.width"]
+    assert s["importance"].outs == [Out("importance")]
+    assert {"teacher.dtype", "teacher.trust_remote_code"} <= set(s["importance"].params)
+    # width: scores from importance; every variant reads the tokens (calibration, quick val loss)
+    assert set(s["prune@width"].deps) == {"models/teacher-corrected", "importance", "data/tokens"}
+    assert {"prune.width", "data.seq_length", "seed", "teacher.dtype"} <= set(s["prune@width"].params)
+    assert not any(p.startswith("prune.depth") for p in s["prune@width"].params)
     assert set(s["prune@depth"].deps) == {"models/teacher-corrected", "data/tokens"}
     assert {"prune.depth", "data.seq_length", "seed"} <= set(s["prune@depth"].params)
     assert s["prune@depth"].outs == [Out("models/pruned/depth")]
@@ -122,17 +121,18 @@ def test_without_finetune_the_teacher_is_the_import(tmp_path):
 def test_importance_only_for_activation_width_variants(tmp_path):
     _, s = graph(tmp_path, "prune.width.importance=magnitude")
     assert "importance" not in s
-    assert s["prune@width"].deps == ["models/teacher-corrected"]
+    assert s["prune@width"].deps == ["models/teacher-corrected", "data/tokens"]
     _, s = graph(tmp_path, "prune.width.importance=random")
     assert "seed" in s["prune@width"].params  # a seeded baseline
 
 
-def test_depth_with_drop_layers_needs_no_calibration(tmp_path):
+def test_depth_with_drop_layers_reads_only_its_own_variant(tmp_path):
     _, s = graph(
         tmp_path, "prune.depth.target_num_layers=null", "prune.depth.drop_layers=[11, 12, 13]"
     )
-    assert s["prune@depth"].deps == ["models/teacher-corrected"]
-    assert s["prune@depth"].params == ["prune.depth"]
+    # the tokens serve the quick validation loss written right after pruning
+    assert s["prune@depth"].deps == ["models/teacher-corrected", "data/tokens"]
+    assert [p for p in s["prune@depth"].params if p.startswith("prune.")] == ["prune.depth"]
 
 
 def test_without_distill_the_pruned_models_are_final(tmp_path):

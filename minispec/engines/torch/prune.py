@@ -102,6 +102,7 @@ def run_depth(spec, variant: str, settings: DepthPrune, config, root: Path) -> N
     where = f"prune.{variant}"
     n_layers = config.num_hidden_layers
     calibration = None
+    scores_json = None
     if settings.drop_layers is not None:
         dropped = check_drop_layers(list(settings.drop_layers), n_layers, f"{where}.drop_layers")
     elif settings.target_num_layers is not None:
@@ -135,8 +136,7 @@ def run_depth(spec, variant: str, settings: DepthPrune, config, root: Path) -> N
             block_losses=settings.importance == "lm_loss",
         )
         dropped = choose_layers(scores, settings.importance)
-        report = scores_report(scores, settings.importance, dropped, len(indices))
-        write_json_atomic(root / layout.depth_scores_path(variant), report)
+        scores_json = scores_report(scores, settings.importance, dropped, len(indices))
         extra = {
             "importance": settings.importance,
             "calibration_samples": len(indices),
@@ -162,6 +162,8 @@ def run_depth(spec, variant: str, settings: DepthPrune, config, root: Path) -> N
         {"kind": "depth", "drop_layers": [i + 1 for i in dropped], "kept_layers": kept, **extra},
         seconds,
     )
+    if scores_json is not None:  # inside the pruned model's directory: after save_model made it
+        write_json_atomic(root / layout.depth_scores_path(variant), scores_json)
 
 
 # --------------------------------------------------------------------------------------------

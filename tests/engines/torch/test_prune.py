@@ -45,7 +45,7 @@ def pipeline(tmp_path_factory):
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    from conftest import make_tiny_model, tiny_config
+    from tiny_models import make_tiny_model, tiny_config
 
     root = tmp_path_factory.mktemp("pipeline")
     make_pipeline(root, make_tiny_model(tiny_config("llama")), VARIANTS)

@@ -284,7 +284,7 @@ def _config(heads, kv):
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    from conftest import tiny_config
+    from tiny_models import tiny_config
 
     return tiny_config("llama", num_attention_heads=heads, num_key_value_heads=kv)
 
