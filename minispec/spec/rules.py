@@ -237,6 +237,7 @@ def width_variants(loaded: LoadedSpec) -> Iterator[Problem]:
             continue
         yield from _width_against_teacher(loaded, base, variant, shapes)
         yield from _head_grouping(loaded, base, variant, shapes)
+        yield from _llama_hidden_per_head(loaded, base, variant, shapes)
 
 
 def _width_against_teacher(
@@ -254,6 +255,30 @@ def _width_against_teacher(
             if same
             else f"the teacher's {what} is {known[0]} ({known[1]})",
         )
+
+
+def _llama_hidden_per_head(
+    loaded: LoadedSpec, base: KeyPath, variant: WidthPrune, shapes: Any
+) -> Iterator[Problem]:
+    """transformers' LlamaConfig refuses a hidden size that is not a multiple of the heads, even
+    with an explicit head_dim, so such a student would not reload (Mistral/Qwen accept it)."""
+    if getattr(shapes, "model_type", None) != "llama":
+        return
+    hidden = variant.target_hidden_size or shapes.hidden_size
+    heads = variant.target_num_attention_heads or shapes.num_attention_heads
+    if hidden is None or heads is None or hidden % heads == 0:
+        return
+    target = "target_hidden_size" if variant.target_hidden_size else "target_num_attention_heads"
+    groups = variant.target_num_query_groups or shapes.num_key_value_heads or 1
+    head_options = [h for h in range(groups, heads + 1, groups) if hidden % h == 0]
+    hint = f"make target_hidden_size a multiple of {heads} (e.g. {hidden - hidden % heads})"
+    if head_options:
+        hint += f", or set target_num_attention_heads to one of {head_options}"
+    yield loaded.locate(
+        base + (target,),
+        f"hidden size {hidden} is not a multiple of {heads} attention heads, which Llama configs require",
+        hint=hint,
+    )
 
 
 def _head_grouping(
