@@ -26,6 +26,8 @@ STEPS: dict[str, str] = {
     "export": "minispec.engines.torch.export:run",
 }
 VARIANT_STEPS = {"prune", "distill", "export"}
+# top-level modules of the `torch` extra (pyproject.toml)
+TORCH_EXTRA = {"torch", "transformers", "tokenizers", "datasets", "gguf", "accelerate"}
 
 
 def load_params(root: Path, params_file: str = "params.yaml"):
@@ -35,7 +37,10 @@ def load_params(root: Path, params_file: str = "params.yaml"):
 
     path = root / params_file
     if not path.exists():
-        raise StageError(f"{path} not found", hint="stages run from the directory of the compiled dvc.yaml; run `minispec compile` first")
+        raise StageError(
+            f"{path} not found",
+            hint="stages run from the directory of the compiled dvc.yaml; run `minispec compile` first",
+        )
     raw, _ = read_document(path)
     return Spec.model_validate(raw)
 
@@ -51,10 +56,19 @@ def run_stage(name: str, variant: str | None, root: Path, params_file: str = "pa
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         if exc.name and exc.name.startswith("minispec"):
-            raise NotBuiltError(f"the torch engine has no '{name}' stage yet ({module_name} is missing)") from None
+            raise NotBuiltError(
+                f"the torch engine has no '{name}' stage yet ({module_name} is missing)"
+            ) from None
+        if exc.name and exc.name.split(".")[0] in TORCH_EXTRA:
+            raise StageError(
+                f"stage '{name}' needs '{exc.name}', which is not installed",
+                hint="install the torch engine: pip install 'minispec[torch]' (after the torch wheel for your machine)",
+            ) from None
         raise
     func = getattr(module, func_name, None)
     if func is None:
-        raise NotBuiltError(f"the torch engine has no '{name}' stage yet ({module_name}.{func_name} is missing)")
+        raise NotBuiltError(
+            f"the torch engine has no '{name}' stage yet ({module_name}.{func_name} is missing)"
+        )
     spec = load_params(root, params_file)
     func(spec, variant, root)
