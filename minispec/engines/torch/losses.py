@@ -401,11 +401,11 @@ def intermediate_pairs_valid(
     for student_layer, teacher_layer in pairs:
         if not 1 <= student_layer <= student_layers:
             raise StageError(
-                f"distill.loss.intermediate: student_layer {student_layer} does not exist (the student has {student_layers} layers, numbered from 1)",
+                f"distill.loss.intermediate: student_layer {student_layer} does not exist (the student has {student_layers} layer(s), numbered from 1)",
                 hint="choose layers 1..N of the pruned student",
             )
         if not 1 <= teacher_layer <= teacher_layers:
             raise StageError(
-                f"distill.loss.intermediate: teacher_layer {teacher_layer} does not exist (the teacher has {teacher_layers} layers, numbered from 1)",
+                f"distill.loss.intermediate: teacher_layer {teacher_layer} does not exist (the teacher has {teacher_layers} layer(s), numbered from 1)",
                 hint="choose layers 1..N of the teacher",
             )

@@ -183,33 +183,48 @@ def test_hidden_state_cosine_loss_with_projection():
     assert same(teacher_hidden, teacher_hidden).abs() < 1e-6
 
 
-class _Vocab:
-    def __init__(self, vocab):
-        self.vocab = vocab
+def word_tokenizer(vocab: dict[str, int]):
+    """A real fast tokenizer over a fixed word vocabulary."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
 
-    def get_vocab(self):
-        return dict(self.vocab)
-
-    def __len__(self):
-        return len(self.vocab)
-
-
-class _Config:
-    def __init__(self, vocab_size):
-        self.vocab_size = vocab_size
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="t0"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="t0")
 
 
 def test_vocab_padding_is_accepted_and_mismatch_refused():
+    from transformers import LlamaConfig
+
     words = {f"t{i}": i for i in range(100)}
+    tokenizer = word_tokenizer(words)
     # same tokenizer, embedding rows padded to a multiple of 64 on one side
-    assert resolve_vocab_size(_Config(128), _Config(100), _Vocab(words), _Vocab(words)) == 100
-    other = dict(words)
-    other["t5"], other["t6"] = 6, 5
+    assert (
+        resolve_vocab_size(
+            LlamaConfig(vocab_size=128),
+            LlamaConfig(vocab_size=100),
+            tokenizer,
+            word_tokenizer(words),
+        )
+        == 100
+    )
+    swapped = dict(words)
+    swapped["t5"], swapped["t6"] = 6, 5
     with pytest.raises(StageError, match="different tokenizers.*2 with different ids"):
-        resolve_vocab_size(_Config(100), _Config(100), _Vocab(words), _Vocab(other))
+        resolve_vocab_size(
+            LlamaConfig(vocab_size=100),
+            LlamaConfig(vocab_size=100),
+            tokenizer,
+            word_tokenizer(swapped),
+        )
     # without tokenizers a size difference cannot be told from padding
     with pytest.raises(StageError, match="vocab_size 128 but student has 100"):
-        resolve_vocab_size(_Config(128), _Config(100))
-    assert resolve_vocab_size(_Config(100), _Config(100)) == 100
+        resolve_vocab_size(LlamaConfig(vocab_size=128), LlamaConfig(vocab_size=100))
+    assert resolve_vocab_size(LlamaConfig(vocab_size=100), LlamaConfig(vocab_size=100)) == 100
     with pytest.raises(StageError, match="embedding rows"):
-        resolve_vocab_size(_Config(90), _Config(100), _Vocab(words), _Vocab(words))
+        resolve_vocab_size(
+            LlamaConfig(vocab_size=90),
+            LlamaConfig(vocab_size=100),
+            tokenizer,
+            word_tokenizer(words),
+        )
