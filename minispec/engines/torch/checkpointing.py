@@ -18,9 +18,11 @@ execute code.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,9 +65,17 @@ def begin(root: Path, step: int) -> Path:
 
 def write_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     """A safetensors file, fsynced (contiguous CPU copies; shared storage is not allowed)."""
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
-    save_file({name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}, str(path))
+    try:
+        save_file(
+            {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}, str(path)
+        )
+    except SafetensorError as exc:  # the Rust writer reports I/O errors as "... (os error 28)"
+        match = re.search(r"os error (\d+)", str(exc))
+        code = int(match.group(1)) if match else errno.EIO
+        raise OSError(code, os.strerror(code), str(path)) from exc
     _fsync_file(path)
 
 
