@@ -126,14 +126,14 @@ def wrap_trainable(
     layers: Iterable[nn.Module],
     strategy: str,
     ctx: DistContext,
-    *,
-    bf16_params: bool = False,
 ) -> nn.Module:
     """The trained module, ready for data parallelism.
 
     ``fsdp``: FSDP2 ``fully_shard`` on every decoder layer, then on the root (embeddings, final
-    norm, LM head and any projections); parameters sharded, gathered per layer for compute.
-    With ``bf16_params`` the gathered copies are bf16 and gradients are reduced in fp32.
+    norm, LM head and any projections); fp32 parameters sharded, gathered per layer for compute,
+    gradients reduce-scattered in fp32. Compute precision comes from autocast as on one device
+    (gathering bf16 copies would halve the traffic but keep the residual stream in bf16, so the
+    curve would no longer match a one-device run).
     ``ddp``: a full replica per rank, gradients all-reduced (bucketed, overlapped).
     """
     if not ctx.enabled:
@@ -145,16 +145,11 @@ def wrap_trainable(
         return DistributedDataParallel(module, device_ids=device_ids)
     if strategy != "fsdp":
         raise StageError(f"unknown resources.strategy '{strategy}'", hint="use fsdp or ddp")
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    from torch.distributed.fsdp import fully_shard
 
-    policy = (
-        MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-        if bf16_params
-        else MixedPrecisionPolicy()
-    )
     for layer in layers:
-        fully_shard(layer, mp_policy=policy)
-    fully_shard(module, mp_policy=policy)
+        fully_shard(layer)
+    fully_shard(module)
     return module
 
 

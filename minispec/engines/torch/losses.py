@@ -186,7 +186,11 @@ class _ChunkedLogitsObjective(torch.autograd.Function):
         chunk_tokens,
     ):
         need_grad = ctx.needs_input_grad[0]
-        grad = torch.zeros_like(student) if need_grad else None  # padded vocab columns stay 0
+        grad = torch.empty_like(student) if need_grad else None
+        if need_grad and vocab_size < student.shape[1]:
+            grad[:, vocab_size:] = 0  # padded vocabulary columns get no gradient
+        if need_grad and not (kd_weight or ce_weight):
+            grad.zero_()
         kd_sum = torch.zeros((), dtype=torch.float32, device=student.device)
         ce_sum = torch.zeros((), dtype=torch.float32, device=student.device)
         ignore_index = divergence.ignore_index if divergence is not None else IGNORE_INDEX

@@ -325,10 +325,7 @@ class Trainer:
         if cfg.compile:
             for layer in model.model.layers:
                 layer.compile()
-        bf16_params = self.autocast_dtype is not None and self.device.type == "cuda"
-        self.module = distributed.wrap_trainable(
-            module, model.model.layers, cfg.strategy, self.ctx, bf16_params=bf16_params
-        )
+        self.module = distributed.wrap_trainable(module, model.model.layers, cfg.strategy, self.ctx)
         self.module.to(self.device)
         self._alias_names = _tied_aliases(distributed.unwrap(self.module))
 

@@ -228,3 +228,13 @@ def test_vocab_padding_is_accepted_and_mismatch_refused():
             tokenizer,
             word_tokenizer(words),
         )
+
+
+def test_zero_weights_give_zero_gradient(batch):
+    student, teacher, labels = batch
+    s = student.clone().requires_grad_()
+    total, _, ce_sum = logits_objective(
+        s, teacher, labels, ForwardKLLoss(), kd_weight=0.0, ce_weight=0.0, normalizer=1.0
+    )
+    total.backward()
+    assert total == 0 and ce_sum > 0 and s.grad.abs().max() == 0
