@@ -185,46 +185,37 @@ class _ChunkedLogitsObjective(torch.autograd.Function):
         vocab_size,
         chunk_tokens,
     ):
-        need_grad = ctx.needs_input_grad[0]
-        grad = torch.empty_like(student) if need_grad else None
-        if need_grad and vocab_size < student.shape[1]:
+        need_grad = ctx.needs_input_grad[0] and bool(kd_weight or ce_weight)
+        grad = torch.empty_like(student) if ctx.needs_input_grad[0] else None
+        if grad is not None and (vocab_size < student.shape[1] or not need_grad):
             grad[:, vocab_size:] = 0  # padded vocabulary columns get no gradient
-        if need_grad and not (kd_weight or ce_weight):
-            grad.zero_()
+            if not need_grad:
+                grad.zero_()
         kd_sum = torch.zeros((), dtype=torch.float32, device=student.device)
         ce_sum = torch.zeros((), dtype=torch.float32, device=student.device)
         ignore_index = divergence.ignore_index if divergence is not None else IGNORE_INDEX
+        analytic = teacher is None or type(divergence) is ForwardKLLoss
+        chunk_objective = _analytic_chunk if analytic else _autograd_chunk
         with torch.autocast(student.device.type, enabled=False):
             for start in range(0, student.shape[0], chunk_tokens):
                 end = min(start + chunk_tokens, student.shape[0])
                 chunk_labels = labels[start:end]
-                mask = (chunk_labels != ignore_index).to(torch.float32)  # [n]
-                with torch.enable_grad():
-                    logits = (
-                        student[start:end, :vocab_size].float().requires_grad_(need_grad)
-                    )  # [n, V] fp32
-                    objective = logits.new_zeros(())
-                    logprobs_t1 = None
-                    if teacher is not None:
-                        kd_tokens, logprobs_t = divergence.token_loss(
-                            logits, teacher[start:end, :vocab_size].float()
-                        )
-                        kd_chunk = (kd_tokens * mask).sum()
-                        objective = objective + kd_weight * kd_chunk
-                        kd_sum += kd_chunk.detach()
-                        if divergence.temperature == 1.0:
-                            logprobs_t1 = logprobs_t
-                    if logprobs_t1 is None:
-                        logprobs_t1 = F.log_softmax(logits, dim=-1)
-                    safe_labels = chunk_labels.masked_fill(chunk_labels == ignore_index, 0)
-                    ce_tokens = -logprobs_t1.gather(1, safe_labels.unsqueeze(1)).squeeze(1)  # [n]
-                    ce_chunk = (ce_tokens * mask).sum()
-                    objective = objective + ce_weight * ce_chunk
-                    ce_sum += ce_chunk.detach()
-                    if need_grad and (kd_weight or ce_weight):
-                        (chunk_grad,) = torch.autograd.grad(objective * scale, logits)
-                        grad[start:end, :vocab_size] = chunk_grad.to(grad.dtype)
-        if need_grad:
+                kd_chunk, ce_chunk, chunk_grad = chunk_objective(
+                    student[start:end, :vocab_size].float(),  # [n, V] fp32
+                    teacher[start:end, :vocab_size].float() if teacher is not None else None,
+                    chunk_labels.masked_fill(chunk_labels == ignore_index, 0),
+                    (chunk_labels != ignore_index).to(torch.float32),  # [n]
+                    divergence,
+                    kd_weight,
+                    ce_weight,
+                    scale,
+                    need_grad,
+                )
+                kd_sum += kd_chunk
+                ce_sum += ce_chunk
+                if need_grad:
+                    grad[start:end, :vocab_size] = chunk_grad  # cast to the logits' dtype
+        if grad is not None:
             ctx.save_for_backward(grad)
         ctx.mark_non_differentiable(kd_sum, ce_sum)
         total = (kd_weight * kd_sum + ce_weight * ce_sum) * scale
@@ -235,6 +226,68 @@ class _ChunkedLogitsObjective(torch.autograd.Function):
         (grad,) = ctx.saved_tensors
         # in place: the stored gradient is used once (no retain_graph in training)
         return grad.mul_(grad_total.to(grad.dtype)), None, None, None, None, None, None, None, None
+
+
+def _analytic_chunk(
+    logits, teacher, labels, mask, divergence, kd_weight, ce_weight, scale, need_grad
+):
+    """Forward KL and/or CE of one chunk with their closed-form gradient (fewer passes over
+    ``[n, V]`` than autograd): with ``p = softmax(s/T)``, ``q = softmax(t/T)``,
+    ``d(T² KL(q‖p))/ds = T (p − q)`` and ``d CE/ds = softmax(s) − onehot(label)``.
+
+    ``logits``/``teacher``: fp32 ``[n, V]``; ``labels`` ``[n]`` (masked ones replaced by 0);
+    ``mask`` ``[n]`` (1 = counts). Returns (KD token sum, CE token sum, gradient or None).
+    """
+    kd_sum = logits.new_zeros(())
+    grad = None
+    if teacher is not None:
+        t = divergence.temperature
+        student_logprobs = F.log_softmax(logits / t if t != 1 else logits, dim=-1)
+        teacher_logprobs = F.log_softmax(teacher / t if t != 1 else teacher, dim=-1)
+        teacher_probs = teacher_logprobs.exp()
+        kd_tokens = torch.linalg.vecdot(teacher_probs, teacher_logprobs.sub_(student_logprobs)) * (
+            t * t
+        )
+        kd_sum = (kd_tokens * mask).sum()
+        ce_logprobs = student_logprobs if t == 1 else F.log_softmax(logits, dim=-1)
+        if need_grad:
+            grad = student_logprobs.exp().sub_(teacher_probs).mul_(t * kd_weight)  # T·(p − q)·w
+            del teacher_probs, teacher_logprobs
+            if ce_weight:
+                grad.add_(ce_logprobs.exp(), alpha=ce_weight)
+    else:
+        ce_logprobs = F.log_softmax(logits, dim=-1)
+        if need_grad:
+            grad = ce_logprobs.exp().mul_(ce_weight)
+    ce_tokens = -ce_logprobs.gather(1, labels.unsqueeze(1)).squeeze(1)  # [n]
+    ce_sum = (ce_tokens * mask).sum()
+    if grad is not None:
+        if ce_weight:
+            grad.scatter_add_(
+                1, labels.unsqueeze(1), torch.full_like(ce_tokens, -ce_weight).unsqueeze(1)
+            )
+        grad.mul_((mask * scale).unsqueeze(1))
+    return kd_sum, ce_sum, grad
+
+
+def _autograd_chunk(
+    logits, teacher, labels, mask, divergence, kd_weight, ce_weight, scale, need_grad
+):
+    """Any divergence: the chunk's objective differentiated by autograd (same returns)."""
+    with torch.enable_grad():
+        logits = logits.detach().requires_grad_(need_grad)
+        kd_tokens, student_logprobs = divergence.token_loss(logits, teacher)
+        kd_chunk = (kd_tokens * mask).sum()
+        ce_logprobs = (
+            student_logprobs if divergence.temperature == 1.0 else F.log_softmax(logits, dim=-1)
+        )
+        ce_chunk = (-ce_logprobs.gather(1, labels.unsqueeze(1)).squeeze(1) * mask).sum()
+        grad = None
+        if need_grad:
+            (grad,) = torch.autograd.grad(
+                (kd_weight * kd_chunk + ce_weight * ce_chunk) * scale, logits
+            )
+    return kd_chunk.detach(), ce_chunk.detach(), grad
 
 
 def logits_objective(

@@ -126,13 +126,17 @@ def test_objective_mixes_kd_and_ce_with_alpha(batch):
 def test_objective_without_teacher_is_cross_entropy(batch):
     student, _, labels = batch
     count = (labels != IGNORE_INDEX).sum()
+    s = student.clone().requires_grad_()
     total, kd_sum, ce_sum = logits_objective(
-        student, None, labels, None, kd_weight=1.0, ce_weight=1.0, normalizer=count
+        s, None, labels, None, kd_weight=1.0, ce_weight=1.0, normalizer=count
     )
-    torch.testing.assert_close(
-        total, F.cross_entropy(student.view(-1, V), labels.view(-1)), rtol=1e-5, atol=1e-6
-    )
+    s_ref = student.clone().requires_grad_()
+    expected = F.cross_entropy(s_ref.view(-1, V), labels.view(-1))
+    torch.testing.assert_close(total, expected, rtol=1e-5, atol=1e-6)
     assert kd_sum == 0
+    total.backward()
+    expected.backward()
+    torch.testing.assert_close(s.grad, s_ref.grad, rtol=1e-4, atol=1e-7)
 
 
 def test_padded_vocabulary_is_sliced(batch):
