@@ -210,14 +210,15 @@ def load_full_state(
     ``broadcast``: only rank 0 passes the states (other ranks pass empty dicts) and they are
     broadcast and sharded (FSDP2), so one host copy is read instead of one per rank.
     """
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
 
     module = unwrap(module)
     options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=broadcast, strict=True)
-    set_state_dict(
-        module,
-        optimizer,
-        model_state_dict=model_state,
-        optim_state_dict=optimizer_state,
-        options=options,
-    )
+    # Two calls, not set_state_dict: that one treats an empty model dict (every rank but 0
+    # under broadcast) as "optimizer only", so ranks would disagree on the collectives.
+    set_model_state_dict(module, model_state, options=options)
+    set_optimizer_state_dict(module, optimizer, optimizer_state, options=options)

@@ -398,9 +398,7 @@ class Trainer:
             if self.teacher is not None:
                 with torch.no_grad():
                     teacher_logits = self.teacher(input_ids=inputs, use_cache=False).logits
-                    teacher_hidden = [
-                        self.teacher_capture.outputs.pop(t - 1) for _, t in self.pairs
-                    ]
+                    teacher_hidden = [self.teacher_capture.outputs[t - 1] for _, t in self.pairs]
                     self.teacher_capture.outputs.clear()
             logits, projected = self.module(inputs)
             total, kd_sum, ce_sum = logits_objective(
@@ -467,9 +465,16 @@ class Trainer:
     def save_checkpoint(self, root: Path, step: int, state: dict) -> Path | None:
         """Write a checkpoint at ``step`` (collective); ``state`` is the JSON part (history...)."""
         model_state, optimizer_state = distributed.full_state(self.module, self.optimizer, self.ctx)
-        partial = checkpointing.begin(root, step) if self.ctx.is_main else None
-        partial = Path(self.ctx.broadcast_object(str(partial)))
-        error = None
+        partial, error = None, None
+        if self.ctx.is_main:
+            try:
+                partial = checkpointing.begin(root, step)
+            except OSError as exc:
+                error = exc
+        shared = self.ctx.broadcast_object(str(partial) if partial is not None else None)
+        if shared is None:
+            raise _write_error(f"{self.cfg.stage} checkpoint at step {step}", root, error)
+        partial = Path(shared)
         try:
             rng_tensors, rng_meta = checkpointing.capture_rng(self.device)
             checkpointing.write_tensors(
@@ -542,9 +547,7 @@ class Trainer:
 
     # ---- export ---------------------------------------------------------------------------
 
-    def trained_model(
-        self, config_source: Path | None = None, dtype: torch.dtype | None = None
-    ) -> nn.Module | None:
+    def trained_model(self, dtype: torch.dtype | None = None) -> nn.Module | None:
         """The trained HF model (unsharded, on rank 0; None elsewhere), cast to ``dtype``.
 
         Call once, at the end: on one process this is the training model itself, cast in place.

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import sys
 
 import pytest
@@ -73,9 +72,7 @@ def test_two_processes_match_one_with_the_same_global_batch(base, strategy, tmp_
         "distill",
         "small",
     ]
-    result = subprocess.run(
-        command, cwd=multi, env=ts.subprocess_env(), capture_output=True, text=True, timeout=600
-    )
+    result = ts.run_group(command, multi, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
 
     name = "distill@small"
@@ -103,3 +100,10 @@ def test_two_processes_match_one_with_the_same_global_batch(base, strategy, tmp_
     # rank 0 alone wrote: one event file, one checkpoint
     assert len(list((multi / layout.tensorboard_dir(name)).iterdir())) == 1
     assert [p.name for p in (multi / layout.checkpoint_dir(name)).iterdir()] == ["step-00000006"]
+
+    # a rerun loads the full-state checkpoint into the sharded/replicated model and ends the same
+    again = ts.run_group(command, multi, timeout=600)
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert json.loads((multi / layout.metrics_path(name)).read_text())["resumed_from_step"] == 6
+    reloaded = load_file(str(multi / layout.student_dir("small") / "model.safetensors"))
+    assert all(torch.equal(reloaded[key], two[key]) for key in two)

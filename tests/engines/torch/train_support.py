@@ -201,6 +201,31 @@ def run_stage_process(
     )
 
 
+def run_group(command: list[str], cwd: Path, timeout: float) -> subprocess.CompletedProcess:
+    """Run ``command`` in its own process group; on timeout kill the whole group (torchrun's
+    workers included, which killing the launcher alone would leave running)."""
+    import signal
+
+    process = subprocess.Popen(
+        command,
+        cwd=cwd,
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+        raise AssertionError(
+            f"{command} timed out after {timeout} s:\n{stdout[-2000:]}\n{stderr[-4000:]}"
+        ) from None
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
 def subprocess_env() -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
