@@ -34,13 +34,16 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
 IGNORE_INDEX = -100
-# Elements of fp32 temporaries per chunk: 2^27 floats = 512 MiB, i.e. ~1k tokens of a 128k
-# vocabulary or ~2.7k tokens of a 49k one.
-CHUNK_ELEMENTS = 1 << 27
+# Elements of one fp32 ``[tokens, vocab]`` temporary per chunk (a chunk makes about four).
+# GPU: 2^27 floats = 512 MiB, i.e. ~1k tokens of a 128k vocabulary, ~2.7k of a 49k one — big
+# enough to keep the GPU busy. CPU: 2^24 floats = 64 MiB, because host memory is the limit there
+# (the CPU quickstart stays under 4 GB) and chunk overhead is nothing next to CPU compute.
+CHUNK_ELEMENTS = {"cuda": 1 << 27, "cpu": 1 << 24}
 
 
-def default_chunk_tokens(vocab_size: int) -> int:
-    return max(64, min(4096, CHUNK_ELEMENTS // max(1, vocab_size)))
+def default_chunk_tokens(vocab_size: int, device_type: str = "cuda") -> int:
+    budget = CHUNK_ELEMENTS.get(device_type, CHUNK_ELEMENTS["cuda"])
+    return max(64, min(4096, budget // max(1, vocab_size)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -329,7 +332,7 @@ def logits_objective(
     chunk = (
         chunk_tokens
         or (divergence.chunk_tokens if divergence is not None else None)
-        or default_chunk_tokens(vocab)
+        or default_chunk_tokens(vocab, student_logits.device.type)
     )
     scale = 1.0 / normalizer
     return _ChunkedLogitsObjective.apply(

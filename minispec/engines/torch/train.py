@@ -915,6 +915,8 @@ def _run_training(
     from minispec.engines.torch.modeling import load_model
 
     cfg = config_from_spec(spec, section, stage, ctx.device)
+    if ctx.device.type == "cpu":
+        return_freed_host_memory()
     trust = spec.teacher.trust_remote_code
     tokenizer, vocab_size = _check_vocabulary(init_dir, teacher_dir, trust)
     train_windows = TokenWindows(root / layout.tokens_prefix("train"), cfg.seq_length)
@@ -966,6 +968,7 @@ def _run_training(
     finally:
         tracker.close()
 
+    trainer.optimizer.state.clear()  # the optimizer state is in the checkpoint; free it first
     final = trainer.trained_model(dtype=save_dtype)
     if ctx.is_main:
         from minispec.engines.torch.modeling import save_model
@@ -977,6 +980,24 @@ def _run_training(
             raise _write_error(f"model directory {output_dir}", output_dir.parent, exc) from None
         write_json_atomic(root / layout.metrics_path(stage), training_metrics(cfg, run, ctx))
     ctx.barrier()
+
+
+def return_freed_host_memory(threshold: int = 1 << 20) -> None:
+    """Serve host allocations of ``threshold`` bytes and more from mmap (glibc only).
+
+    glibc raises its mmap threshold dynamically after large blocks are freed and then keeps
+    later ones in its heap, where fragmentation holds them: CPU training's resident memory
+    creeps up to the sum of transient peaks (measured: 4.7 instead of 4.3 GB for the
+    SmolLM2-135M quickstart step). A fixed threshold returns each freed tensor to the OS.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(-3, threshold)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):  # not glibc: nothing to tune
+        pass
 
 
 def training_metrics(cfg: TrainConfig, run: RunState, ctx: DistContext) -> dict:

@@ -422,3 +422,11 @@ def test_rerun_resumes_only_with_the_same_settings(pipeline):
         changed["resumed_from_step"] is None
         and changed["final_val_loss"] != first["final_val_loss"]
     )
+
+
+def test_stage_guards(pipeline):
+    root = pipeline(ts.base_spec(finetune=None))
+    with pytest.raises(StageError, match="no finetune block"):
+        run_stage("finetune", None, root)
+    with pytest.raises(StageError, match="'other' is not a student"):
+        run_stage("distill", "other", root)

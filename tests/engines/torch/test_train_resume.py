@@ -213,3 +213,21 @@ def test_damaged_checkpoint_is_skipped(tmp_path):
         handle.truncate(50)
     checkpoint, notes = checkpointing.latest(root)
     assert checkpoint.step == 2 and "model.safetensors is missing or truncated" in notes[0]
+
+
+def test_streamed_safetensors_round_trip(tmp_path):
+    from safetensors.torch import load_file
+
+    tensors = {
+        "matrix": torch.randn(3, 5),
+        "bf16": torch.randn(7).to(torch.bfloat16),
+        "scalar": torch.tensor(3.0),  # AdamW's step
+        "empty": torch.zeros(0, 4),
+        "ids": torch.arange(5),
+        "transposed": torch.randn(4, 6).t(),  # not contiguous
+    }
+    checkpointing.write_tensors(tmp_path / "t.safetensors", tensors)
+    loaded = load_file(str(tmp_path / "t.safetensors"))
+    assert loaded.keys() == tensors.keys()
+    for name, tensor in tensors.items():
+        assert loaded[name].dtype == tensor.dtype and torch.equal(loaded[name], tensor), name
