@@ -96,7 +96,7 @@ def build_model(shape: dict, layers: int, dtype: torch.dtype, device: torch.devi
         model = AutoModelForCausalLM.from_config(
             llama_config(shape, layers), attn_implementation="sdpa", dtype=dtype
         )
-    return model
+    return model.to(device)
 
 
 def matmul_parameters(model) -> int:

@@ -325,8 +325,10 @@ class Trainer:
         if cfg.compile:
             for layer in model.model.layers:
                 layer.compile()
+        sharded = self.ctx.enabled and cfg.strategy == "fsdp"
+        if not sharded:  # DDP needs its replica on the device; fully_shard moves shards itself
+            module.to(self.device)
         self.module = distributed.wrap_trainable(module, model.model.layers, cfg.strategy, self.ctx)
-        self.module.to(self.device)
         self._alias_names = _tied_aliases(distributed.unwrap(self.module))
 
         self.teacher = None
@@ -337,10 +339,11 @@ class Trainer:
             if cfg.compile:
                 for layer in teacher.model.layers:
                     layer.compile()
+            if not sharded:
+                teacher.to(self.device)
             self.teacher = distributed.shard_frozen(
                 teacher, teacher.model.layers, cfg.strategy, self.ctx
             )
-            self.teacher.to(self.device)
 
         self.parameters = [p for p in self.module.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
