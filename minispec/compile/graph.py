@@ -59,7 +59,15 @@ TRAINING_STEPS = ("finetune", "distill")
 DVC_INVALID_STAGENAME_CHARS = frozenset(string.punctuation) - {"_", "-"}
 
 # Settings that change numbers (device kind, autocast precision) for stages that run models.
-COMPUTE_RESOURCES = ("resources.accelerator", "resources.precision")
+# what a training stage reads besides its own block: devices and strategy change the numerics
+# (data-parallel reductions), precision the arithmetic
+TRAINING_RESOURCES = (
+    "resources.accelerator",
+    "resources.devices",
+    "resources.precision",
+    "resources.strategy",
+    "teacher.trust_remote_code",
+)
 # what loading the working teacher reads (device, dtype, remote code)
 MODEL_LOADING = ("resources.accelerator", "teacher.dtype", "teacher.trust_remote_code")
 
@@ -281,7 +289,7 @@ def finetune_stage(spec: Spec) -> Stage:
         None,
         "Correct the teacher: a light fine-tune on the data",
         deps=[layout.TEACHER_DIR, layout.TOKENS_DIR],
-        params=["finetune", "data.seq_length", "seed", *COMPUTE_RESOURCES],
+        params=["finetune", "data.seq_length", "seed", *TRAINING_RESOURCES],
         outs=[Out(layout.CORRECTED_TEACHER_DIR)],
     )
     return with_training_logs(stage)
@@ -338,7 +346,7 @@ def distill_stage(spec: Spec, variant: str) -> Stage:
         variant,
         f"Distill the working teacher into the pruned {variant} student",
         deps=[layout.pruned_dir(variant), layout.working_teacher_dir(spec), layout.TOKENS_DIR],
-        params=[*settings, "data.seq_length", "seed", *COMPUTE_RESOURCES],
+        params=[*settings, "data.seq_length", "seed", *TRAINING_RESOURCES],
         outs=[Out(layout.student_dir(variant))],
     )
     return with_training_logs(stage)
@@ -355,7 +363,7 @@ def evaluate_stage(spec: Spec) -> Stage:
         None,
         "Score the teacher and every student with the same code",
         deps=[*models, layout.TOKENS_DIR],
-        params=["evaluate", "data.seq_length", *COMPUTE_RESOURCES],
+        params=["evaluate", "data.seq_length", "seed", *MODEL_LOADING],
         outs=[Out(layout.EVALUATE_TABLE, cache=False)],
         metrics=[Out(layout.metrics_path("evaluate"), cache=False)],
     )

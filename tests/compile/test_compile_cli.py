@@ -169,7 +169,7 @@ def test_check_passes_when_in_sync_and_fails_with_a_diff(tmp_path):
         str(tmp_path),
         "--check",
         "--set",
-        "prune.width.target_hidden_size=320",
+        "prune.width.target_hidden_size=324",
     )
     assert drifted.exit_code == 1
     assert (
@@ -178,7 +178,7 @@ def test_check_passes_when_in_sync_and_fails_with_a_diff(tmp_path):
     )
     assert (
         "-    target_hidden_size: 384" in drifted.output
-        and "+    target_hidden_size: 320" in drifted.output
+        and "+    target_hidden_size: 324" in drifted.output
     )
     assert "differs from what" in drifted.output
     assert (

@@ -58,7 +58,7 @@ def rerun_after(full_run, tmp_path, *changes: str) -> list[str]:
     [
         ((), []),
         (
-            ("prune.width.target_hidden_size=320",),
+            ("prune.width.target_hidden_size=324",),
             ["prune@width", "distill@width", "evaluate", "report", "export@width"],
         ),
         (("finetune.lr=2e-4",), AFTER_FINETUNE),

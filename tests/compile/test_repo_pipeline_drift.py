@@ -30,10 +30,10 @@ def copy_of_repo_pipeline(tmp_path):
 def test_check_fails_when_the_spec_changes(tmp_path):
     root = copy_of_repo_pipeline(tmp_path)
     spec = root / "specs" / "quickstart.yaml"
-    spec.write_text(spec.read_text().replace("target_hidden_size: 384", "target_hidden_size: 320"))
+    spec.write_text(spec.read_text().replace("target_hidden_size: 384", "target_hidden_size: 324"))
     result = minispec("compile", "--check", "specs/quickstart.yaml", cwd=root)
     assert result.returncode == 1
-    assert "+    target_hidden_size: 320" in result.stdout
+    assert "+    target_hidden_size: 324" in result.stdout
     assert (
         "error: the pipeline in" in result.stderr
         and "minispec compile specs/quickstart.yaml" in result.stderr
