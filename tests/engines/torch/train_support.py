@@ -88,7 +88,7 @@ def save_hf(model, tokenizer, path: Path) -> None:
 
 def tiny_teacher(tokenizer, layers: int = 4, seed: int = 0, **overrides):
     sys.path.insert(0, str(REPO / "tests"))
-    from conftest import make_tiny_model, tiny_config
+    from tiny_models import make_tiny_model, tiny_config
 
     config = tiny_config(
         vocab_size=len(tokenizer),
