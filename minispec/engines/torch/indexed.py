@@ -30,7 +30,16 @@ import numpy as np
 
 INDEX_MAGIC = b"MMIDIDX\x00\x00"
 INDEX_VERSION = 1
-DTYPE_CODES = {np.uint8: 1, np.int8: 2, np.int16: 3, np.int32: 4, np.int64: 5, np.float64: 6, np.float32: 7, np.uint16: 8}
+DTYPE_CODES = {
+    np.uint8: 1,
+    np.int8: 2,
+    np.int16: 3,
+    np.int32: 4,
+    np.int64: 5,
+    np.float64: 6,
+    np.float32: 7,
+    np.uint16: 8,
+}
 CODE_DTYPES = {code: dtype for dtype, code in DTYPE_CODES.items()}
 _CHUNK = 1 << 20  # entries per chunk when streaming the index
 
@@ -43,7 +52,9 @@ def optimal_dtype(vocab_size: int) -> type[np.number]:
 def token_dtype_for(vocab_size: int) -> type[np.number]:
     """The token dtype for a vocabulary; refuses vocabularies int32 cannot hold."""
     if vocab_size > np.iinfo(np.int32).max:
-        raise ValueError(f"a vocabulary of {vocab_size} ids does not fit the int32 token dtype of Megatron's format")
+        raise ValueError(
+            f"a vocabulary of {vocab_size} ids does not fit the int32 token dtype of Megatron's format"
+        )
     return optimal_dtype(vocab_size)
 
 
@@ -66,7 +77,9 @@ class IndexedDatasetWriter:
     def add_document(self, token_ids) -> None:
         array = np.asarray(token_ids)
         if array.size and (array.min() < 0 or array.max() > self._max_id):
-            raise ValueError(f"token id out of range for {self.dtype.name}: {int(array.min())}..{int(array.max())}")
+            raise ValueError(
+                f"token id out of range for {self.dtype.name}: {int(array.min())}..{int(array.max())}"
+            )
         self._bin.write(array.astype(self.dtype, copy=False).tobytes(order="C"))
         self._lengths.write(struct.pack("<i", int(array.size)))
         self.documents += 1
@@ -75,7 +88,9 @@ class IndexedDatasetWriter:
     def add_documents(self, lengths: np.ndarray, flat_ids: np.ndarray) -> None:
         """Append many documents at once: ``flat_ids`` is every document's ids concatenated."""
         if int(np.sum(lengths, dtype=np.int64)) != flat_ids.size:
-            raise ValueError(f"lengths sum to {int(np.sum(lengths))} tokens but {flat_ids.size} ids were given")
+            raise ValueError(
+                f"lengths sum to {int(np.sum(lengths))} tokens but {flat_ids.size} ids were given"
+            )
         if flat_ids.size and (flat_ids.min() < 0 or flat_ids.max() > self._max_id):
             raise ValueError(f"token id out of range for {self.dtype.name}")
         self._bin.write(flat_ids.astype(self.dtype, copy=False).tobytes(order="C"))
@@ -116,7 +131,11 @@ class IndexedDatasetWriter:
 
     def _write_index(self) -> None:
         count = self.documents
-        lengths = np.memmap(self._tmp_lengths, dtype="<i4", mode="r", shape=(count,)) if count else np.zeros(0, "<i4")
+        lengths = (
+            np.memmap(self._tmp_lengths, dtype="<i4", mode="r", shape=(count,))
+            if count
+            else np.zeros(0, "<i4")
+        )
         itemsize = self.dtype.itemsize
         with open(self._tmp_idx, "wb") as idx:
             idx.write(INDEX_MAGIC)
@@ -154,7 +173,9 @@ class IndexedDataset:
         (code,) = struct.unpack("<B", header[17:18])
         sequence_count, document_count = struct.unpack("<QQ", header[18:34])
         if version != INDEX_VERSION or code not in CODE_DTYPES:
-            raise ValueError(f"{idx_path}: unsupported index version {version} or dtype code {code}")
+            raise ValueError(
+                f"{idx_path}: unsupported index version {version} or dtype code {code}"
+            )
         self.dtype = np.dtype(CODE_DTYPES[code])
         index = np.memmap(idx_path, mode="r", dtype=np.uint8)
         offset = 34
@@ -162,11 +183,17 @@ class IndexedDataset:
         offset += self.lengths.nbytes
         self.pointers = np.frombuffer(index, dtype="<i8", count=sequence_count, offset=offset)
         offset += self.pointers.nbytes
-        self.document_indices = np.frombuffer(index, dtype="<i8", count=document_count, offset=offset)
+        self.document_indices = np.frombuffer(
+            index, dtype="<i8", count=document_count, offset=offset
+        )
         expected = int(self.lengths.sum()) * self.dtype.itemsize
         if bin_path.stat().st_size != expected:
-            raise ValueError(f"{bin_path}: {bin_path.stat().st_size} bytes, the index expects {expected}")
-        self.tokens = np.memmap(bin_path, mode="r", dtype=self.dtype) if expected else np.zeros(0, self.dtype)
+            raise ValueError(
+                f"{bin_path}: {bin_path.stat().st_size} bytes, the index expects {expected}"
+            )
+        self.tokens = (
+            np.memmap(bin_path, mode="r", dtype=self.dtype) if expected else np.zeros(0, self.dtype)
+        )
 
     def __len__(self) -> int:
         return len(self.lengths)

@@ -28,7 +28,9 @@ class TokenWindows:
         try:
             self.dataset = IndexedDataset(self.prefix)
         except FileNotFoundError:
-            raise StageError(f"{self.prefix}.idx/.bin not found", hint="run the tokenize stage first") from None
+            raise StageError(
+                f"{self.prefix}.idx/.bin not found", hint="run the tokenize stage first"
+            ) from None
         self.seq_length = seq_length
         self.tokens = self.dataset.tokens
 
@@ -72,7 +74,9 @@ def sample_window(sample: int, count: int, seed: int, _cache: dict | None = None
     return int(order[position])
 
 
-def calibration_indices(windows: TokenWindows, count: int, seed: int, what: str = "calibration") -> np.ndarray:
+def calibration_indices(
+    windows: TokenWindows, count: int, seed: int, what: str = "calibration"
+) -> np.ndarray:
     """The first ``count`` windows of the seeded order: the calibration set for importance passes."""
     windows.require(count, what)
     return permutation(len(windows), seed)[:count]
