@@ -173,13 +173,14 @@ def nemo_kd_config_path(variant: str) -> str:
 # ---- importance scores (the importance/prune stages write them; the report reads them) --------
 #
 # depth_scores_path(v), JSON, written when a depth variant is chosen by importance:
-#   {"metric": "lm_loss" | "block_influence",
-#    "num_layers": N,
-#    "per_layer": [s_1, ..., s_N],      score of decoder layer i (1-indexed) at position i-1;
-#                                       higher = more important (lm_loss: the LM loss with that
-#                                       layer removed; block_influence: 1 - cos(input, output))
-#    "per_block": [{"start": a, "end": b, "score": s}, ...],   contiguous 1-indexed blocks
-#                                       [a, b] (inclusive) and the score of removing them
+#   {"metric": "lm_loss" | "block_influence",   what chose the dropped layers
+#    "num_layers": N, "target_num_layers": n, "calibration_samples": ..., "calibration_tokens": ...,
+#    "full_model_loss": LM loss of the unpruned model on the calibration data,
+#    "per_layer": [s_1, ..., s_N],      block influence 1 - cos(input, output) of decoder layer i
+#                                       (1-indexed) at position i-1; higher = more important
+#    "per_block": [{"start": a, "end": b, "score": s}, ...],   lm_loss only: every contiguous
+#                                       1-indexed block [a, b] (inclusive) of the needed length
+#                                       and the LM loss with it removed (lower = cheaper to drop)
 #    "dropped_layers": [...]}           the 1-indexed layers the variant removes
 #
 # width_importance_path(), safetensors of float tensors, one set for all width variants:

@@ -145,7 +145,7 @@ def plot_depth_importance(data: RunData, variant: str, out_dir: Path) -> FigureI
             ax,
             f"{info.title}: per layer (red = dropped)",
             "layer (1-indexed)",
-            metric,
+            "block influence (1 − cos)",
             legend=False,
         )
     if scores.per_block:
@@ -160,7 +160,7 @@ def plot_depth_importance(data: RunData, variant: str, out_dir: Path) -> FigureI
         )
         step = max(1, len(labels) // 16)
         ax.set_xticks(range(0, len(labels), step), labels[::step], rotation=45, fontsize=7)
-        _finish(ax, "contiguous block removed", "layers", metric, legend=False)
+        _finish(ax, "contiguous block removed", "layers", "LM loss without the block", legend=False)
     return _save(fig, info, out_dir)
 
 

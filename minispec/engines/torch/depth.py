@@ -182,23 +182,21 @@ def choose_layers(scores: DepthScores, method: str) -> list[int]:
 def scores_report(
     scores: DepthScores, method: str, dropped: list[int], calibration_samples: int
 ) -> dict:
-    """The JSON written to ``layout.depth_scores_path``; every layer number 1-indexed."""
+    """The JSON written to ``layout.depth_scores_path`` (format there); layer numbers 1-indexed."""
     report = {
-        "importance": method,
+        "metric": method,
         "num_layers": scores.num_layers,
         "target_num_layers": scores.num_layers - scores.block_length,
         "calibration_samples": calibration_samples,
         "calibration_tokens": scores.tokens,
         "full_model_loss": scores.full_loss,
-        "drop_layers": [i + 1 for i in dropped],
-        "layers": [
-            {"layer": i + 1, "block_influence": bi} for i, bi in enumerate(scores.block_influence)
-        ],
+        "dropped_layers": [i + 1 for i in dropped],
+        "per_layer": list(scores.block_influence),
     }
     if scores.block_loss is not None:
-        # one entry per contiguous block: layers first..last (inclusive) removed, LM loss without them
-        report["blocks"] = [
-            {"first_layer": start + 1, "last_layer": start + scores.block_length, "loss": loss}
+        # one entry per contiguous block: layers start..end (inclusive) removed, LM loss without them
+        report["per_block"] = [
+            {"start": start + 1, "end": start + scores.block_length, "score": loss}
             for start, loss in enumerate(scores.block_loss)
         ]
     return report

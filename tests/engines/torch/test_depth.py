@@ -168,9 +168,10 @@ def test_choose_layers_picks_the_best_block_or_the_least_influential_layers():
     assert choose_layers(scores, "lm_loss") == [3, 4]
     assert choose_layers(scores, "block_influence") == [1, 3]
     report = scores_report(scores, "lm_loss", [3, 4], calibration_samples=8)
-    assert report["drop_layers"] == [4, 5]  # 1-indexed
-    assert report["blocks"][3] == {"first_layer": 4, "last_layer": 5, "loss": 2.5}
-    assert [entry["layer"] for entry in report["layers"]] == [1, 2, 3, 4, 5, 6]
+    assert report["metric"] == "lm_loss"
+    assert report["dropped_layers"] == [4, 5]  # 1-indexed
+    assert report["per_block"][3] == {"start": 4, "end": 5, "score": 2.5}
+    assert report["per_layer"] == [0.5, 0.1, 0.9, 0.05, 0.3, 0.2]  # layer i + 1 at index i
 
 
 @pytest.mark.parametrize(

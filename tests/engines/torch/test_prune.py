@@ -101,15 +101,21 @@ def test_width_metrics_record_the_sizes(pipeline):
 
 
 def test_depth_scores_are_written_for_importance_chosen_variants(pipeline):
+    from minispec.report.collect import parse_depth_scores
+
     report = json.loads((pipeline / layout.depth_scores_path("depth")).read_text())
-    best = min(report["blocks"], key=lambda b: b["loss"])
-    assert report["drop_layers"] == list(range(best["first_layer"], best["last_layer"] + 1))
-    assert len(report["blocks"]) == 3 and len(report["layers"]) == 4
-    assert metrics(pipeline, "depth")["drop_layers"] == report["drop_layers"]
+    best = min(report["per_block"], key=lambda b: b["score"])
+    assert report["dropped_layers"] == list(range(best["start"], best["end"] + 1))
+    assert len(report["per_block"]) == 3 and len(report["per_layer"]) == 4
+    assert metrics(pipeline, "depth")["drop_layers"] == report["dropped_layers"]
+    # the report reads what the stage wrote (layout.depth_scores_path's format)
+    parsed = parse_depth_scores("depth", report)
+    assert parsed.metric == "lm_loss" and parsed.dropped_layers == report["dropped_layers"]
+    assert len(parsed.per_block) == 3 and len(parsed.per_layer) == 4
 
     shortgpt = json.loads((pipeline / layout.depth_scores_path("shortgpt")).read_text())
-    lowest = min(shortgpt["layers"], key=lambda entry: entry["block_influence"])["layer"]
-    assert shortgpt["drop_layers"] == [lowest] and "blocks" not in shortgpt
+    lowest = 1 + min(range(4), key=lambda i: shortgpt["per_layer"][i])
+    assert shortgpt["dropped_layers"] == [lowest] and "per_block" not in shortgpt
 
     assert not (pipeline / layout.depth_scores_path("drop")).exists()
     assert metrics(pipeline, "drop")["kept_layers"] == [1, 4]
