@@ -286,7 +286,22 @@ def find_spec_file(root: Path) -> Path | None:
             f"several spec files in {root}: {', '.join(p.name for p in found)}",
             hint="name the one this pipeline was compiled from with --spec",
         )
-    return found[0] if found else None
+    return found[0] if found else spec_named_by_header(root)
+
+
+def spec_named_by_header(root: Path) -> Path | None:
+    """The spec that dvc.yaml's header says it was compiled from (``minispec compile --out``),
+    when that file still exists; the path in the header is relative to the pipeline directory."""
+    from minispec.compile.dvc import split_header
+
+    try:
+        header, _ = split_header((root / layout.DVC_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError):
+        return None
+    if header is None:
+        return None
+    spec = root / header.source.split(" --set ", 1)[0]
+    return spec if spec.is_file() else None
 
 
 def _read_params(root: Path) -> dict[str, Any]:
