@@ -117,7 +117,7 @@ class DataSpec(StrictModel):
     workers: int | None = Field(
         default=None,
         ge=1,
-        description="Tokenizer worker processes (default: every available core). Does not change results.",
+        description="Tokenization workers (default: every available core): threads of the fast tokenizer on the torch engine, `--workers` processes of NeMo's preprocessing script on the nemo engine. Does not change results.",
     )
 
 
