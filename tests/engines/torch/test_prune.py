@@ -66,7 +66,7 @@ def test_importance_stage_writes_scores_and_summary(pipeline):
         assert (
             handle.metadata()["calibration_samples"] == "24"
         )  # the most any activation variant asks
-        assert {"hidden", "ffn.0", "heads.3", "norm.norm"} <= set(handle.keys())
+        assert {"hidden", "mlp.0", "heads.3", "norm.norm"} <= set(handle.keys())
     summary = json.loads((pipeline / layout.width_importance_summary_path()).read_text())
     assert summary["calibration_samples"] == 24 and summary["seq_length"] == 16
     assert len(summary["layers"]) == 4 and summary["tokens_per_second"] > 0
