@@ -182,10 +182,19 @@ def choose_layers(scores: DepthScores, method: str) -> list[int]:
 def scores_report(
     scores: DepthScores, method: str, dropped: list[int], calibration_samples: int
 ) -> dict:
-    """The JSON written to ``layout.depth_scores_path``; every layer number 1-indexed."""
+    """The JSON written to ``layout.depth_scores_path``; every layer number 1-indexed.
+
+    The keys ``layout`` promises (``metric``, ``num_layers``, ``per_layer``, ``per_block``,
+    ``dropped_layers``: what the report draws) come first, then the details of the pass.
+    ``per_layer`` holds scores of the metric only: block influence, or for ``lm_loss`` the loss
+    without each single layer, which the sweep measures only when one layer is removed.
+    """
     report = {
-        "importance": method,
+        "metric": method,
         "num_layers": scores.num_layers,
+        **layout_scores(scores, method),
+        "dropped_layers": [i + 1 for i in dropped],
+        "importance": method,
         "target_num_layers": scores.num_layers - scores.block_length,
         "calibration_samples": calibration_samples,
         "calibration_tokens": scores.tokens,
@@ -202,6 +211,22 @@ def scores_report(
             for start, loss in enumerate(scores.block_loss)
         ]
     return report
+
+
+def layout_scores(scores: DepthScores, method: str) -> dict:
+    """``per_layer`` and ``per_block`` in the layout's format (higher = more important)."""
+    if method == "block_influence":
+        return {"per_layer": list(scores.block_influence)}
+    assert scores.block_loss is not None
+    out: dict = {
+        "per_block": [
+            {"start": start + 1, "end": start + scores.block_length, "score": loss}
+            for start, loss in enumerate(scores.block_loss)
+        ]
+    }
+    if scores.block_length == 1:  # each block is one layer: its loss is the layer's score
+        out["per_layer"] = list(scores.block_loss)
+    return out
 
 
 # --------------------------------------------------------------------------------------------

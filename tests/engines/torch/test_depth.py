@@ -171,6 +171,24 @@ def test_choose_layers_picks_the_best_block_or_the_least_influential_layers():
     assert report["drop_layers"] == [4, 5]  # 1-indexed
     assert report["blocks"][3] == {"first_layer": 4, "last_layer": 5, "loss": 2.5}
     assert [entry["layer"] for entry in report["layers"]] == [1, 2, 3, 4, 5, 6]
+    # the layout's format, which the report reads
+    from minispec.report.collect import parse_depth_scores
+
+    assert (report["metric"], report["num_layers"], report["dropped_layers"]) == (
+        "lm_loss",
+        6,
+        [4, 5],
+    )
+    assert report["per_block"][3] == {"start": 4, "end": 5, "score": 2.5}
+    assert "per_layer" not in report  # no single-layer losses when blocks are 2 layers long
+    parsed = parse_depth_scores("d", report)
+    assert parsed.per_block[3] == (4, 5, 2.5) and parsed.dropped_layers == [4, 5]
+    shortgpt = parse_depth_scores("s", scores_report(scores, "block_influence", [1, 3], 8))
+    assert shortgpt.metric == "block_influence" and shortgpt.dropped_layers == [2, 4]
+    assert shortgpt.per_layer == [0.5, 0.1, 0.9, 0.05, 0.3, 0.2] and shortgpt.per_block == []
+    single = DepthScores(num_layers=3, block_length=1, block_influence=[0.1, 0.2, 0.3])
+    single.block_loss = [3.0, 2.0, 4.0]
+    assert scores_report(single, "lm_loss", [1], 8)["per_layer"] == [3.0, 2.0, 4.0]
 
 
 @pytest.mark.parametrize(
