@@ -142,16 +142,36 @@ def collect_importance(
 def save_importance(
     path: Path, scores: dict[str, torch.Tensor], dims: ModelDims, meta: dict
 ) -> None:
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     metadata = {
         "format_version": FORMAT_VERSION,
         **{k: str(v) for k, v in {**dims.as_dict(), **meta}.items()},
     }
+    data = save({k: v.contiguous() for k, v in sorted(scores.items())}, metadata=metadata)
     with atomic_file(path) as tmp:
-        save_file(
-            {k: v.contiguous() for k, v in sorted(scores.items())}, str(tmp), metadata=metadata
-        )
+        tmp.write_bytes(sorted_metadata(data))
+
+
+def sorted_metadata(data: bytes) -> bytes:
+    """The safetensors file ``data`` with its ``__metadata__`` keys in sorted order.
+
+    safetensors writes the metadata in the order of a Rust HashMap, which changes from process to
+    process, so the same scores made files with other bytes: another DVC hash, and every stage
+    after importance ran again for nothing. The header keeps its length (the same keys and
+    values, compact JSON, space padding as safetensors pads), so the data offsets stay valid.
+    """
+    import json
+    import struct
+
+    (size,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + size])
+    if "__metadata__" in header:
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    if len(text) > size:  # not compact JSON as expected: keep safetensors' own bytes
+        return data
+    return data[:8] + text.ljust(size, b" ") + data[8 + size :]
 
 
 def load_importance(

@@ -136,3 +136,30 @@ def test_saved_scores_reload_and_refuse_another_model(tiny_llama, tmp_path):
     with pytest.raises(StageError, match="missing.safetensors not found") as error:
         load_importance(tmp_path / "missing.safetensors", dims)
     assert "run the importance stage" in error.value.hint
+
+
+def test_the_same_scores_make_the_same_bytes(tiny_llama, tmp_path):
+    """safetensors orders metadata by a per-map random hash; saved files must not depend on it
+    (DVC hashes the file: other bytes would re-run every stage after importance)."""
+    import json
+    import struct
+
+    from safetensors import safe_open
+
+    model = tiny_llama()
+    dims = model_dims(model.config)
+    tensors, _ = collect_importance(model, [windows()])
+    meta = {"calibration_samples": 6, "seq_length": 12, "seed": 7}
+    files = []
+    for i in range(8):
+        path = tmp_path / f"{i}" / "activations.safetensors"
+        save_importance(path, tensors, dims, meta)
+        files.append(path.read_bytes())
+    assert len(set(files)) == 1
+    (size,) = struct.unpack("<Q", files[0][:8])
+    metadata = json.loads(files[0][8 : 8 + size])["__metadata__"]
+    assert list(metadata) == sorted(metadata) and metadata["seed"] == "7"
+    with safe_open(str(path), "pt") as handle:  # still a valid file, every tensor intact
+        assert handle.metadata() == metadata
+        for key, value in tensors.items():
+            assert torch.equal(handle.get_tensor(key), value)
