@@ -226,9 +226,13 @@ def status(root: Path, *changes: str) -> dict[str, str]:
     states = {}
     for line in done.stdout.splitlines():
         name, _, state = line.partition(" ")
-        if name in STAGES:
-            states[name] = state.strip()
+        state = state.strip()
+        if state.startswith(STATES):  # not one of the notes printed before the stages
+            states[name] = state
     return states
+
+
+STATES = ("up to date", "changed", "stale", "never run", "not compiled")
 
 
 PROGRESS = re.compile(r"^\[\s*\d+/\d+\] (\S+)\s+(.*)$")
