@@ -285,11 +285,10 @@ def run(spec, variant: str | None, root: Path) -> None:
     seconds = time.perf_counter() - started
     meta = {"calibration_samples": samples, "seq_length": seq_length, "seed": spec.seed}
     save_importance(root / layout.width_importance_path(), scores, dims, meta)
-    timing = {
-        "seconds": round(seconds, 3),
-        "tokens_per_second": round(samples * seq_length / seconds, 1),
-    }
-    write_json_atomic(
-        root / layout.width_importance_summary_path(), summary(scores, dims, {**meta, **timing})
+    # no timings in the output: the same scores must hash the same, or every width variant
+    # after a rerun would run again for nothing; the speed goes to the stage log
+    write_json_atomic(root / layout.width_importance_summary_path(), summary(scores, dims, meta))
+    print(
+        f"importance: {samples} sequences x {seq_length} tokens in {seconds:.1f} s "
+        f"({samples * seq_length / seconds:,.0f} tokens/s)"
     )
-    print(f"importance: {samples} sequences x {seq_length} tokens in {seconds:.1f} s")
