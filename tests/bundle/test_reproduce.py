@@ -41,6 +41,11 @@ def reproduced(bundle, tmp_path_factory):
         return results[-1]
 
     directory = tmp_path_factory.mktemp("reproduce") / "rerun"
+    # torch reads OMP_NUM_THREADS once, when this process first uses it: that must not happen
+    # under the stages' setting below (reproduce_bundle imports torch to record its version)
+    import torch
+
+    torch.get_num_threads()
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(reproduce, "reproduce_bundle", observed)
         for name, value in stage_env().items():
