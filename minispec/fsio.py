@@ -47,6 +47,7 @@ def atomic_file(path: str | os.PathLike[str]) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    os.fchmod(fd, _default_mode(directory=False))  # not mkstemp's 0600
     os.close(fd)
     try:
         yield Path(tmp)

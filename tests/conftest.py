@@ -107,3 +107,33 @@ def smollm2_teacher_dir(tmp_path_factory, smollm2_gguf) -> Path:
     (root / "params.yaml").write_text(json.dumps(spec), encoding="utf-8")
     run_stage("import", None, root)
     return root / "models" / "teacher"
+
+
+# ---- one real `minispec run`, shared by the whole session -------------------------------------
+
+
+def pytest_collection_modifyitems(items):
+    """A test that needs the real run (directly or through another fixture) is slow."""
+    for item in items:
+        if "real_run" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(scope="session")
+def real_run(tmp_path_factory, wikitext_dir):
+    """The tiny real project of tests/real_pipeline.py after one `minispec run` (every stage).
+
+    Shared by every test of the session: read it, never change it — run or edit a copy
+    (``real_run_copy``).
+    """
+    from real_pipeline import build_run
+
+    return build_run(tmp_path_factory.mktemp("real-run") / "run", wikitext_dir)
+
+
+@pytest.fixture
+def real_run_copy(real_run, tmp_path):
+    """A private copy of the real run's directory (its own DVC cache and dvc.lock included)."""
+    from real_pipeline import copy_run
+
+    return copy_run(real_run.root, tmp_path / "run")

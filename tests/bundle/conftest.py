@@ -1,11 +1,12 @@
-"""Fixtures of the bundle tests: one real `dvc repro` run, copied where a test changes files."""
+"""Fixtures of the bundle tests: the session's real run (tests/real_pipeline.py)."""
 
 from __future__ import annotations
 
 import pytest
-from tiny_pipeline import run_dvc
 
 
 @pytest.fixture(scope="session")
-def dvc_run_once(tmp_path_factory):
-    return run_dvc(tmp_path_factory.mktemp("dvc") / "pipeline")
+def run_dir(real_run):
+    """The directory of the one real `minispec run` of the session: read it, never change it
+    (``real_run_copy`` is a private copy)."""
+    return real_run.root

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from tiny_pipeline import copy_run
 
 from minispec.bundle import BundleError, BundleVerifyError, create_bundle, dvchash, verify_bundle
 from minispec.cli import cli
@@ -20,11 +19,11 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def bundles(dvc_run_once, tmp_path_factory):
+def bundles(run_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("bundles")
     return {
-        "plain": create_bundle(dvc_run_once, out / "run.tar.gz").path,
-        "full": create_bundle(dvc_run_once, out / "run-full.tar.gz", with_artifacts=True).path,
+        "plain": create_bundle(run_dir, out / "run.tar.gz").path,
+        "full": create_bundle(run_dir, out / "run-full.tar.gz", with_artifacts=True).path,
     }
 
 
@@ -68,7 +67,7 @@ def flip(data: bytes, offset: int | None = None) -> bytes:
 # ---- what a bundle holds --------------------------------------------------------------------
 
 
-def test_bundle_holds_the_run(bundles, dvc_run_once):
+def test_bundle_holds_the_run(bundles, run_dir):
     content = members(bundles["plain"])
     manifest = json.loads(content["manifest.json"])
     names = set(content)
@@ -83,8 +82,9 @@ def test_bundle_holds_the_run(bundles, dvc_run_once):
         "pipeline/logs/finetune/plots/metrics/val/loss.tsv",
         "pipeline/reports/report.html",
         "pipeline/reports/plots/val_loss_all.png",
-        "pipeline/steps.py",  # source deps: what reproduction needs to run
-        "pipeline/raw/corpus.txt",
+        # source deps: what reproduction needs to run
+        "pipeline/corpus/train.jsonl",
+        "pipeline/teacher-source/model.safetensors",
     ):
         assert required in names, required
     assert not any(n.startswith("pipeline/models/") for n in names)  # artifacts only on request
@@ -96,8 +96,8 @@ def test_bundle_holds_the_run(bundles, dvc_run_once):
             "sha256": hashlib.sha256(content[name]).hexdigest(),
             "size": len(content[name]),
         }
-    assert content["pipeline/dvc.lock"] == (dvc_run_once / "dvc.lock").read_bytes()
-    assert manifest["name"] == "tiny-run" and manifest["with_artifacts"] is False
+    assert content["pipeline/dvc.lock"] == (run_dir / "dvc.lock").read_bytes()
+    assert manifest["name"] == "tiny-e2e" and manifest["with_artifacts"] is False
     resolved = json.loads(content["spec/resolved.json"])
     assert resolved["distill"]["loss"]["kind"] == "logits_kl"  # a default, filled in
 
@@ -111,9 +111,9 @@ def test_environment_is_recorded(bundles):
     assert env["engine"] == "torch" and "nemo" not in env
 
 
-def test_artifacts_and_dir_listings(bundles, dvc_run_once):
+def test_artifacts_and_dir_listings(bundles, run_dir):
     content = members(bundles["full"])
-    lock = dvchash.read_lock((dvc_run_once / "dvc.lock").read_text())
+    lock = dvchash.read_lock((run_dir / "dvc.lock").read_text())
     for out in lock.outs:
         assert any(
             n == f"pipeline/{out.path}" or n.startswith(f"pipeline/{out.path}/") for n in content
@@ -121,16 +121,16 @@ def test_artifacts_and_dir_listings(bundles, dvc_run_once):
         if out.is_dir:
             listing = content[f"dvc-dirs/{out.md5}"]
             # the listing is DVC's own .dir object: same bytes as in DVC's cache
-            cached = dvc_run_once / ".dvc" / "cache" / "files" / "md5" / out.md5[:2] / out.md5[2:]
+            cached = run_dir / ".dvc" / "cache" / "files" / "md5" / out.md5[:2] / out.md5[2:]
             if cached.is_file():
                 assert listing == cached.read_bytes()
             assert hashlib.md5(listing).hexdigest() + ".dir" == out.md5
     assert verify_bundle(bundles["full"]).ok
 
 
-def test_bundles_are_byte_stable(dvc_run_once, tmp_path):
-    first = create_bundle(dvc_run_once, tmp_path / "a.tar.gz").path.read_bytes()
-    second = create_bundle(dvc_run_once, tmp_path / "b.tar.gz").path.read_bytes()
+def test_bundles_are_byte_stable(run_dir, tmp_path):
+    first = create_bundle(run_dir, tmp_path / "a.tar.gz").path.read_bytes()
+    second = create_bundle(run_dir, tmp_path / "b.tar.gz").path.read_bytes()
     assert first == second
 
 
@@ -179,7 +179,7 @@ def test_tampered_artifact_is_caught_by_dvc_lock(bundles, tmp_path):
     with pytest.raises(BundleVerifyError) as caught:
         verify_bundle(bad).raise_for_problems()
     (problem,) = caught.value.problems
-    assert problem.startswith(f"{name}: md5 ") and "dvc.lock (stage 'train')" in problem
+    assert problem.startswith(f"{name}: md5 ") and "dvc.lock (stage 'distill@depth')" in problem
 
 
 def test_added_and_removed_files_in_an_out_are_named(bundles, tmp_path):
@@ -200,18 +200,18 @@ def test_forged_dir_listing_is_not_trusted(bundles, tmp_path):
     """A listing edited to match a tampered file no longer hashes to dvc.lock's value."""
     content = members(bundles["full"])
     lock = dvchash.read_lock(content["pipeline/dvc.lock"].decode())
-    out = next(o for o in lock.outs if o.path == "models/students")
+    out = next(o for o in lock.outs if o.path == "models/students/depth")
     name = "pipeline/models/students/depth/model.safetensors"
     tampered = flip(content[name])
     listing = dvchash.parse_listing(content[f"dvc-dirs/{out.md5}"])
-    listing["depth/model.safetensors"] = hashlib.md5(tampered).hexdigest()
+    listing["model.safetensors"] = hashlib.md5(tampered).hexdigest()
     edits = {name: tampered, f"dvc-dirs/{out.md5}": dvchash.dir_listing(listing)}
     problems = verify_bundle(
         repack(bundles["full"], tmp_path / "bad.tar.gz", edits, fix_manifest=True)
     ).problems
     assert problems == [
-        f"pipeline/models/students/: directory md5 {dvchash.dir_md5(listing)} differs from {out.md5} recorded in "
-        "dvc.lock (stage 'train'): a file in it was modified, added or removed"
+        f"pipeline/models/students/depth/: directory md5 {dvchash.dir_md5(listing)} differs from {out.md5} recorded in "
+        "dvc.lock (stage 'distill@depth'): a file in it was modified, added or removed"
     ]
 
 
@@ -246,8 +246,8 @@ def test_not_a_bundle(tmp_path):
 # ---- create refuses inconsistent runs -------------------------------------------------------
 
 
-def test_create_refuses_a_workspace_that_no_longer_matches_dvc_lock(dvc_run_once, tmp_path):
-    root = copy_run(dvc_run_once, tmp_path / "run")
+def test_create_refuses_a_workspace_that_no_longer_matches_dvc_lock(real_run_copy, tmp_path):
+    root = real_run_copy
     metrics = root / "metrics" / "evaluate.json"
     metrics.write_text(metrics.read_text().replace("teacher", "teacher ", 1))
     with pytest.raises(BundleError) as caught:
@@ -263,8 +263,8 @@ def test_create_needs_a_run(tmp_path):
         create_bundle(tmp_path, tmp_path / "b.tar.gz")
 
 
-def test_spec_detection(dvc_run_once, tmp_path):
-    root = copy_run(dvc_run_once, tmp_path / "run")
+def test_spec_detection(real_run_copy, tmp_path):
+    root = real_run_copy
     (root / "other.yaml").write_text((root / "tiny.yaml").read_text())
     with pytest.raises(BundleError, match="several spec files"):
         create_bundle(root, tmp_path / "b.tar.gz")
@@ -275,13 +275,13 @@ def test_spec_detection(dvc_run_once, tmp_path):
 # ---- CLI ------------------------------------------------------------------------------------
 
 
-def test_cli_round_trip(dvc_run_once, tmp_path, monkeypatch):
-    monkeypatch.chdir(dvc_run_once)
+def test_cli_round_trip(run_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(run_dir)
     runner = CliRunner()
     out = tmp_path / "run.tar.gz"
     created = runner.invoke(cli, ["bundle", "create", "--with-artifacts", "-o", str(out)])
     assert created.exit_code == 0, created.output
-    assert f"wrote {out}" in created.output and "models/students" in created.output
+    assert f"wrote {out}" in created.output and "models/students/depth" in created.output
     verified = runner.invoke(cli, ["bundle", "verify", str(out)])
     assert verified.exit_code == 0, verified.output
     assert "ok (" in verified.output

@@ -62,11 +62,11 @@ def test_dir_hash_matches_dvc_data_tree(tmp_path):
     assert dvchash.dir_listing(md5s) == tree.as_bytes()
 
 
-def test_every_out_of_a_real_run_matches_dvc_lock(dvc_run_once):
-    lock = dvchash.read_lock((dvc_run_once / "dvc.lock").read_text())
+def test_every_out_of_a_real_run_matches_dvc_lock(run_dir):
+    lock = dvchash.read_lock((run_dir / "dvc.lock").read_text())
     assert lock.outs and not lock.needs_legacy
     for entry in lock.outs + lock.source_deps():
-        path = dvc_run_once / entry.path
+        path = run_dir / entry.path
         if entry.is_dir:
             md5s = {rel: dvchash.hash_file(path / rel).md5 for rel in dvchash.walk_dir(path)}
             assert dvchash.dir_md5(md5s) == entry.md5, entry.path
@@ -74,11 +74,12 @@ def test_every_out_of_a_real_run_matches_dvc_lock(dvc_run_once):
             assert dvchash.hash_file(path).md5 == entry.md5, entry.path
 
 
-def test_source_deps_are_inputs_no_stage_produces(dvc_run_once):
-    lock = dvchash.read_lock((dvc_run_once / "dvc.lock").read_text())
-    assert sorted(d.path for d in lock.source_deps()) == ["raw", "steps.py"]
-    assert lock.out_for("models/students/depth/model.safetensors").path == "models/students"
-    assert lock.out_for("models/studentsX") is None
+def test_source_deps_are_inputs_no_stage_produces(run_dir):
+    lock = dvchash.read_lock((run_dir / "dvc.lock").read_text())
+    assert sorted(d.path for d in lock.source_deps()) == ["corpus", "teacher-source"]
+    out = lock.out_for("models/students/depth/model.safetensors")
+    assert out.path == "models/students/depth" and out.stage == "distill@depth"
+    assert lock.out_for("models/students/depthX") is None
 
 
 def test_legacy_outs_are_recognised():

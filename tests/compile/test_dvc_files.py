@@ -178,20 +178,23 @@ def test_mixed_variants_use_keyed_foreach(tmp_path):
     assert doc["stages"]["distill"]["foreach"] == ["width", "narrow"]  # uniform: a plain list
 
 
-def test_dvc_cli_lists_and_addresses_variant_stages(tmp_path):
-    from pipeline_harness import Runner, dvc
+def test_dvc_cli_lists_and_addresses_variant_stages(real_run_copy):
+    """On a real run: DVC's own commands address the variant stages by their `@` names."""
+    from real_pipeline import SPEC_FILE, dvc, minispec
 
-    pipeline = compiled(tmp_path)
-    write_pipeline(pipeline)
-    dvc("init", "--no-scm", "-q", cwd=tmp_path)
-    listed = dvc("stage", "list", "--name-only", cwd=tmp_path).stdout.split()
+    root = real_run_copy
+    listed = dvc(root, "stage", "list", "--name-only").stdout.split()
     assert "prune@width" in listed and "distill@depth" in listed and "export@width" in listed
-    Runner(tmp_path).run_all(pipeline.stages[:5])  # data .. importance, as if they had run
-    dry = dvc("repro", "--dry", "prune@width", cwd=tmp_path).stdout
+    # a new width target, compiled but not run: DVC would re-run prune@width, reusing importance
+    done = minispec(
+        root, "compile", SPEC_FILE, "--out", str(root), "--set", "prune.width.target_hidden_size=32"
+    )
+    assert done.returncode == 0, done.stderr
+    dry = dvc(root, "repro", "--dry", "prune@width").stdout
     assert "Running stage 'prune@width'" in dry and "> minispec stage prune width" in dry
     assert "Stage 'importance' didn't change, skipping" in dry
     assert "prune@depth" not in dry
-    dag = dvc("dag", "--md", "distill@width", cwd=tmp_path).stdout
+    dag = dvc(root, "dag", "--md", "distill@width").stdout
     assert "importance" in dag and "prune@width" in dag and "prune@depth" not in dag
 
 

@@ -1,52 +1,24 @@
-"""`minispec run` and `minispec status` on real DVC.
+"""`minispec run` and `minispec status` on real DVC and a real run.
 
-Stage outputs that the (separately built) engines would write are recorded with the harness;
-every stage minispec asks DVC to run is really run: `minispec stage ...` through `dvc repro`.
-A stage that fails here fails for a real reason — its engine code is missing today, or its
-input checkpoint is not a model (what it will meet once the engines land) — never a fake one.
+Every case starts from a copy of the session's real run (tests/real_pipeline.py: all 13 stages
+of the torch engine run by `minispec run`); what fails, fails for a real reason.
 """
 
 from __future__ import annotations
 
-import re
 import subprocess
 import sys
 
 import pytest
-from pipeline_harness import QUICKSTART, Runner, compile_into, dvc, env, minispec, write_outputs
+from pipeline_harness import QUICKSTART, env, minispec
+from real_pipeline import minispec as minispec_in
+from real_pipeline import progress, read_json, run_pipeline, stages_run, status
 
+from minispec import layout
+from minispec.bundle.reproduce import compare_metrics, flatten
 from minispec.pipeline import ensure_gitignore, ensure_repo
 
 pytestmark = pytest.mark.slow
-
-
-def corpus(root, wikitext_dir):
-    (root / "corpus").mkdir(parents=True)
-    lines = (wikitext_dir / "validation.jsonl").read_text().splitlines(keepends=True)[:100]
-    (root / "corpus" / "validation.jsonl").write_text("".join(lines))
-    return f"data.source={root / 'corpus'}"
-
-
-@pytest.fixture
-def pipeline(tmp_path, wikitext_dir):
-    """A compiled quickstart in a DVC repository, with nothing run yet."""
-    root = tmp_path / "pipe"
-    override = corpus(root, wikitext_dir)
-    compiled = compile_into(QUICKSTART, root, [override])
-    dvc("init", "--no-scm", "-q", cwd=root)
-    return root, override, compiled
-
-
-def run_minispec(root, override, *args):
-    return minispec("run", str(QUICKSTART), "--out", str(root), "--set", override, *args, cwd=root)
-
-
-PROGRESS = re.compile(r"^\[\s*\d+/\d+\] (\S+)\s+(.*)$")
-
-
-def progress(output: str) -> list[tuple[str, str]]:
-    """(stage, state) of every progress line."""
-    return [m.groups() for m in map(PROGRESS.match, output.splitlines()) if m]
 
 
 def snapshot(root, paths):
@@ -58,129 +30,118 @@ def snapshot(root, paths):
     return out
 
 
-def test_a_failing_stage_stops_the_run_and_earlier_outputs_stay(pipeline):
-    root, override, compiled = pipeline
-    # data, import and tokenize have run; import's checkpoint is not a loadable model
-    for stage in compiled.stages[:3]:
-        write_outputs(root, stage, 1)
-    (root / "models/teacher/config.json").write_text('{"model_type": "not-a-model"}\n')
-    Runner(root).commit(compiled.stages[:3])
-    kept = snapshot(root, ["data/jsonl", "models/teacher", "data/tokens"])
-    lock = (root / "dvc.lock").read_text()
+def stage_logs(root, except_for):
+    skip = {layout.stage_log_path(s) for s in except_for}
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in (root / layout.LOGS_DIR).glob("*.log")
+        if str(p.relative_to(root)) not in skip
+    }
 
-    result = run_minispec(root, override)
-    assert result.returncode == 1
-    out = result.stdout
-    assert "[ 1/13] data" in out and "cached" in out.splitlines()[0]
-    assert [name for name, _ in progress(out)][:3] == ["data", "import", "tokenize"]
-    assert "finetune             running (log: logs/finetune.log)" in out
-    assert "finetune             FAILED after" in out
-    log = root / "logs/finetune.log"
+
+def lock_entries(root):
+    from ruamel.yaml import YAML
+
+    return YAML(typ="safe", pure=True).load((root / "dvc.lock").read_text())["stages"]
+
+
+def test_a_failing_stage_stops_the_run_and_earlier_outputs_stay(real_run_copy):
+    root = real_run_copy
+    # a validation split too short for one window of 32 tokens: data and tokenize handle it,
+    # teacher correction cannot validate on it
+    (root / "corpus" / "validation.jsonl").write_text('{"text": " A short row ."}\n')
+    teacher = snapshot(root, [layout.TEACHER_DIR])
+    logs = stage_logs(root, ["data", "tokenize", "finetune"])
+    locked = lock_entries(root)
+
+    result = run_pipeline(root, check=False)
+    assert result.returncode == 1, result.stdout
+    states = dict(progress(result.stdout))
+    assert states["data"].startswith("done") and states["tokenize"].startswith("done")
+    assert states["import"] == "cached (up to date)"
+    assert states["finetune"].startswith("FAILED after")
+    assert "finetune             running (log: logs/finetune.log)" in result.stdout
+    assert set(states) == {"data", "import", "tokenize", "finetune"}  # nothing after it ran
+    log = root / layout.stage_log_path("finetune")
     assert f"error: stage 'finetune' failed (exit code 1); its output is in {log}" in result.stderr
-    assert "resume from 'finetune'" in result.stderr
-    assert "> minispec stage finetune" in log.read_text()
-    assert "error:" in log.read_text()  # the stage's own message is in its log
-    assert "exited with 1" in log.read_text()
-    # nothing earlier was lost or re-run
-    assert snapshot(root, ["data/jsonl", "models/teacher", "data/tokens"]) == kept
-    assert (root / "dvc.lock").read_text() == lock
-    assert sorted(p.name for p in (root / "logs").iterdir()) == [
-        "finetune.log"
-    ]  # nothing after finetune ran
+    assert "resume from 'finetune'" in result.stderr and "Traceback" not in result.stderr
+    text = log.read_text()
+    assert "> minispec stage finetune" in text and "exited with 1" in text
+    # the stage's own message says what is wrong and how to fix it
+    assert "error: finetune (validation split) needs 1 windows of 32 tokens" in text
+    assert "hint:" in text and "Traceback" not in text
+    # nothing earlier was lost; DVC recorded the stages that finished
+    assert snapshot(root, [layout.TEACHER_DIR]) == teacher
+    assert stage_logs(root, ["data", "tokenize", "finetune"]) == logs
+    after = lock_entries(root)
+    assert after["data"] != locked["data"] and after["tokenize"] != locked["tokenize"]
+    assert after["finetune"] == locked["finetune"] and after["import"] == locked["import"]
 
-    again = run_minispec(root, override)
+    again = run_pipeline(root, check=False)
     assert again.returncode == 1
     states = dict(progress(again.stdout))
-    assert states["data"].startswith("cached") and states["tokenize"].startswith("cached")
+    assert states["data"] == "cached (up to date)" and states["tokenize"] == "cached (up to date)"
     assert states["finetune"].startswith("FAILED")
 
 
-def test_an_up_to_date_pipeline_runs_nothing(pipeline):
-    root, override, compiled = pipeline
-    Runner(root).run_all(compiled.stages)
-    lock = (root / "dvc.lock").read_text()
-    result = run_minispec(root, override)
-    assert result.returncode == 0, result.stderr
-    states = progress(result.stdout)
-    assert sorted(name for name, _ in states) == sorted(s.name for s in compiled.stages)
-    assert all(state == "cached (up to date)" for _, state in states)
-    assert "pipeline up to date: 0 stages ran, 13 cached" in result.stdout
-    assert (root / "dvc.lock").read_text() == lock
-
-    status = minispec("status", str(QUICKSTART), "--out", str(root), "--set", override, cwd=root)
-    assert status.returncode == 0
-    assert [line.split()[0] for line in status.stdout.splitlines()] == [
-        s.name for s in compiled.stages
-    ]
-    assert all(line.split(maxsplit=1)[1] == "up to date" for line in status.stdout.splitlines())
-
-
-def test_status_says_what_changed(pipeline):
-    root, override, compiled = pipeline
-    Runner(root).run_all(compiled.stages[:6])  # up to prune@depth
-    # the spec changes but is not compiled yet; DVC sees an output changed by hand
-    (root / "data/tokens/content.txt").write_text("edited\n")
-    result = minispec(
-        "status",
-        str(QUICKSTART),
-        "--out",
-        str(root),
-        "--set",
-        override,
-        "--set",
-        "finetune.lr=3e-4",
-        cwd=root,
-    )
-    assert result.returncode == 0, result.stderr
-    states = {
-        line.split()[0]: line.split(maxsplit=1)[1]
-        for line in result.stdout.splitlines()
-        if not line.startswith("dvc.yaml")
-    }
-    assert "differ from what the spec compiles to" in result.stdout
+def test_status_says_what_changed(real_run_copy):
+    root = real_run_copy
+    # an output changed by hand, a spec change not compiled yet, a variant never run
+    with (root / layout.tokens_prefix("validation")).with_suffix(".bin").open("ab") as handle:
+        handle.write(b"\x00\x00")
+    states = status(root, "finetune.lr=3e-4", "prune.extra={kind: depth, drop_layers: [2]}")
+    done = minispec_in(root, "status", "tiny.yaml", "--set", "finetune.lr=3e-4")
+    assert "differ from what the spec compiles to" in done.stdout
     assert states["data"] == "up to date" and states["import"] == "up to date"
-    assert (
-        states["tokenize"].startswith("changed")
-        and "outs data/tokens (modified)" in states["tokenize"]
-    )
-    assert (
-        states["finetune"].startswith("changed")
-        and "deps data/tokens (modified)" in states["finetune"]
-    )
+    assert states["tokenize"] == "changed: outs data/tokens (modified)"
+    assert states["finetune"].startswith("changed")
+    assert "deps data/tokens (modified)" in states["finetune"]
     assert "spec: params finetune" in states["finetune"]
     assert states["importance"].startswith("changed")  # its dep data/tokens changed too
-    assert states["prune@width"] == "never run" and states["report"] == "never run"
+    assert states["prune@extra"] == "never run"
+    assert states["report"].startswith("stale: upstream ")
+
+
+def test_force_one_stage_reruns_only_that_stage(real_run_copy):
+    root = real_run_copy
+    checkpoints = snapshot(root, [layout.checkpoint_dir("finetune")])
+    before = read_json(root / layout.metrics_path("evaluate"))
+    result = run_pipeline(root, args=("--stage", "evaluate", "--force"))
+    assert stages_run(result.stdout) == ["evaluate"]
+    assert all(
+        state.startswith("cached") for name, state in progress(result.stdout) if name != "evaluate"
+    )
+    assert checkpoints == snapshot(
+        root, [layout.checkpoint_dir("finetune")]
+    )  # only the forced stage's go
+    # the same models measured again by the same code: the same numbers but the timings
+    after = read_json(root / layout.metrics_path("evaluate"))
+    diffs = compare_metrics({"evaluate": flatten(before)}, {"evaluate": flatten(after)})
+    assert {d.status for d in diffs} <= {"same", "timing"}, [d for d in diffs if d.fails]
+
+
+def test_force_discards_the_forced_training_stage_checkpoint(real_run_copy):
+    root = real_run_copy
+    model = snapshot(root, [layout.CORRECTED_TEACHER_DIR])
+    assert any((root / layout.checkpoint_dir("finetune")).iterdir())
+    result = run_pipeline(root, args=("--stage", "finetune", "--force"))
+    assert f"removed {root / layout.checkpoint_dir('finetune')}" in result.stdout
+    assert stages_run(result.stdout) == ["finetune"]
+    metrics = read_json(root / layout.metrics_path("finetune"))
+    assert metrics["resumed_from_step"] is None  # trained from scratch, not resumed
+    # on the CPU, training from scratch again gives the same model, bit for bit
+    assert snapshot(root, [layout.CORRECTED_TEACHER_DIR]) == model
+    # so nothing after it must run again, but the report, which shows the new curves and timings
+    states = status(root)
+    assert {s for s, state in states.items() if state != "up to date"} == {"report"}
+    assert states["report"].startswith("changed: deps ")
+    assert "metrics/finetune.json (modified)" in states["report"]
 
 
 def test_status_of_a_pipeline_never_compiled(tmp_path):
     result = minispec("status", str(QUICKSTART), "--out", str(tmp_path), cwd=tmp_path)
     assert result.returncode == 0
     assert "does not exist yet" in result.stdout and "prune@width    never run" in result.stdout
-
-
-def test_force_one_stage_reruns_only_that_stage(pipeline):
-    root, override, compiled = pipeline
-    Runner(root).run_all(compiled.stages)
-    checkpoint = root / "checkpoints/finetune/content.txt"  # as the finetune run left it
-    result = run_minispec(root, override, "--stage", "evaluate", "--force")
-    states = progress(result.stdout)
-    ran = [name for name, state in states if state.startswith(("running", "FAILED", "done"))]
-    assert set(ran) == {"evaluate"}, result.stdout
-    assert all(state.startswith("cached") for name, state in states if name != "evaluate")
-    assert (
-        result.returncode == 1 and "stage 'evaluate' failed" in result.stderr
-    )  # its engine is not built / models are fake
-    assert checkpoint.exists()  # only the forced stage's checkpoints go
-
-
-def test_force_discards_the_forced_training_stage_checkpoint(pipeline):
-    root, override, compiled = pipeline
-    Runner(root).run_all(compiled.stages[:4])
-    assert (root / "checkpoints/finetune/content.txt").exists()
-    result = run_minispec(root, override, "--stage", "finetune", "--force")
-    assert "removed" in result.stdout and "checkpoints/finetune" in result.stdout
-    assert not (root / "checkpoints/finetune/content.txt").exists()
-    assert "stage 'finetune' failed" in result.stderr
 
 
 def test_dvc_repo_is_created_outside_git(tmp_path):

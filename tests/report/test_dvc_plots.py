@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from tiny_pipeline import SPEC, TRAINING_STAGES, dvc
+from real_pipeline import TRAINING_STAGES, dvc
 
 from minispec import layout
+from minispec.engines.torch.stages import load_params
 from minispec.report.collect import read_dvclive_tsv
 from minispec.report.dvcplots import dvc_plots
 from minispec.spec.model import Spec
@@ -15,10 +16,8 @@ from minispec.spec.model import Spec
 pytestmark = pytest.mark.slow
 
 
-def test_plots_section_names_every_training_curve():
-    plots = {
-        name: body for item in dvc_plots(Spec.model_validate(SPEC)) for name, body in item.items()
-    }
+def test_plots_section_names_every_training_curve(run_dir):
+    plots = {name: body for item in dvc_plots(load_params(run_dir)) for name, body in item.items()}
     assert list(plots) == ["validation_loss", "train_loss", "models", "depth_importance_depth"]
     assert list(plots["validation_loss"]["y"]) == [
         layout.val_curve_path(s) for s in TRAINING_STAGES
@@ -27,17 +26,20 @@ def test_plots_section_names_every_training_curve():
     assert plots["models"]["y"] == {layout.report_models_path(): "validation_loss"}
 
 
-def test_no_plots_without_training_or_pruning():
-    spec = Spec.model_validate({k: SPEC[k] for k in ("version", "name", "teacher", "data")})
+def test_no_plots_without_training_or_pruning(run_dir):
+    resolved = load_params(run_dir).model_dump(mode="json")
+    spec = Spec.model_validate({k: resolved[k] for k in ("version", "name", "teacher", "data")})
     assert dvc_plots(spec) == []
 
 
-def test_dvc_plots_show_renders_the_curves(dvc_run):
-    done = dvc(dvc_run, "plots", "show", "--json")
+def test_dvc_plots_show_renders_the_curves(run_dir):
+    done = dvc(run_dir, "plots", "show", "--json")
     shown = json.loads(done.stdout)
     assert "errors" not in shown, shown.get("errors")
     data = shown["data"]
-    assert set(data) == {"validation_loss", "train_loss", "models", "depth_importance_depth"}
+    report_plots = {"validation_loss", "train_loss", "models", "depth_importance_depth"}
+    # and the compiler's own plot of each training stage (its train and validation curves)
+    assert set(data) == report_plots | {f"{stage} loss" for stage in TRAINING_STAGES}
     for name in ("validation_loss", "train_loss"):
         (plot,) = data[name]
         assert plot["type"] == "vega"
@@ -48,9 +50,10 @@ def test_dvc_plots_show_renders_the_curves(dvc_run):
                 if name == "validation_loss"
                 else layout.train_curve_path(stage)
             )
-            steps, losses = read_dvclive_tsv(dvc_run / path)
-            mine = [v for v in values if v["filename"].startswith(f"{stage}/")]
-            assert [int(v["step"]) for v in mine] == steps
+            steps, losses = read_dvclive_tsv(run_dir / path)
+            log_name = layout.log_dir(stage).rsplit("/", 1)[-1]  # DVC drops the common logs/
+            mine = [v for v in values if v["filename"].startswith(f"{log_name}/")]
+            assert steps and [int(v["step"]) for v in mine] == steps
             assert [float(v["loss"]) for v in mine] == pytest.approx(losses)
     models = data["models"][0]["content"]["data"]["values"]
     assert len(models) == 4 and all(float(v["validation_loss"]) > 0 for v in models)
@@ -58,7 +61,7 @@ def test_dvc_plots_show_renders_the_curves(dvc_run):
     assert [int(v["layer"]) for v in depth] == [1, 2, 3, 4]
 
 
-def test_dvc_plots_show_writes_html(dvc_run, tmp_path):
-    dvc(dvc_run, "plots", "show", "-o", str(tmp_path / "html"))
+def test_dvc_plots_show_writes_html(run_dir, tmp_path):
+    dvc(run_dir, "plots", "show", "-o", str(tmp_path / "html"))
     page = (tmp_path / "html" / "index.html").read_text()
     assert "Validation loss" in page and "Training loss" in page

@@ -10,7 +10,7 @@ from html.parser import HTMLParser
 
 import pytest
 from click.testing import CliRunner
-from tiny_pipeline import TRAINING_STAGES
+from real_pipeline import NAME, TRAINING_STAGES
 
 from minispec import layout
 from minispec.cli import cli
@@ -19,6 +19,7 @@ from minispec.report import build_report
 from minispec.report.collect import read_dvclive_tsv
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+LOG_NAMES = [stage.replace("@", "-") for stage in TRAINING_STAGES]  # logs/<name>, figure names
 
 
 def png_size(data: bytes) -> tuple[int, int]:
@@ -41,7 +42,7 @@ def test_report_files_and_figures_are_valid_pngs(report):
     assert report.markdown.is_file() and report.html.is_file()
     names = sorted(f.name for f in report.figures)
     assert names == sorted(
-        [f"val_loss_{s}" for s in TRAINING_STAGES]
+        [f"val_loss_{s}" for s in LOG_NAMES]
         + [
             "val_loss_all",
             "train_loss",
@@ -55,7 +56,8 @@ def test_report_files_and_figures_are_valid_pngs(report):
         data = (report.out_dir / "plots" / figure.file).read_bytes()
         width, height = png_size(data)
         # fixed sizes at 100 dpi: 8 x 4.5 in, 8 x 7 in for two panels, the heatmap 0.25 in a layer
-        expected = {"depth_importance_depth": 700, "width_neurons": 700, "width_heads": 300}
+        # (depth importance by block influence has one panel: scores per layer, none per block)
+        expected = {"width_neurons": 700, "width_heads": 300}
         assert (width, height) == (800, expected.get(figure.name, 450)), figure.name
         with Image.open(report.out_dir / "plots" / figure.file) as image:
             image.verify()
@@ -68,7 +70,7 @@ def test_report_files_and_figures_are_valid_pngs(report):
 def test_figures_draw_the_expected_curves(report, run_dir):
     index = json.loads((report.out_dir / "plots" / "plots.json").read_text())
     for stage, label in zip(
-        TRAINING_STAGES, ["teacher correction", "student depth", "student width"], strict=True
+        LOG_NAMES, ["teacher correction", "student depth", "student width"], strict=True
     ):
         assert index[f"val_loss_{stage}"]["curves"] == [label]
     assert index["val_loss_all"]["curves"] == [
@@ -83,7 +85,7 @@ def test_figures_draw_the_expected_curves(report, run_dir):
         "student depth",
         "student width",
     ]
-    assert index["depth_importance_depth"]["curves"] == ["per layer", "per block"]
+    assert index["depth_importance_depth"]["curves"] == ["per layer"]  # block influence
     assert index["width_heads"]["curves"] == ["layers × heads"]
     # one box per layer (4 layers) and the ranked hidden channels
     assert index["width_neurons"]["curves"] == [f"layer {i} neurons" for i in range(1, 5)] + [
@@ -91,7 +93,7 @@ def test_figures_draw_the_expected_curves(report, run_dir):
     ]
     # and the curve drawn is DVCLive's file: every validation point of the run
     steps, values = read_dvclive_tsv(run_dir / layout.val_curve_path("finetune"))
-    assert steps == [0, 4, 8, 12] and len(values) == 4
+    assert steps == [0, 4, 8] and len(values) == 3  # 8 steps, validated every 4
     curve = report.data.curve("finetune", "val")
     assert (curve.steps, curve.values) == (steps, values)
 
@@ -273,7 +275,7 @@ def test_report_stage_through_the_stage_registry(run_dir, tmp_path):
     run_stage("report", None, root)
     assert (root / layout.REPORT_MARKDOWN).is_file() and (root / layout.REPORT_HTML).is_file()
     assert (root / layout.report_models_path()).is_file()
-    assert "tiny-run — compression report" in (root / layout.REPORT_MARKDOWN).read_text()
+    assert f"{NAME} — compression report" in (root / layout.REPORT_MARKDOWN).read_text()
 
 
 def test_cli_report(run_dir, tmp_path):

@@ -83,7 +83,7 @@ def run(spec, variant, root: Path) -> None:
     if source.kind == "hub":
         available = hub_splits(source, data)
     else:
-        available = local_splits(resolve(local_path(source), root), data)
+        available = local_splits(resolve(local_path(source), root), data, root)
     _warn_shared_files(available)
     out = root / layout.DATA_DIR
     with atomic_dir(out) as tmp:
@@ -231,7 +231,8 @@ def split_labels(counts: list[int], seed: int) -> np.ndarray:
 # local sources
 
 
-def local_splits(path: Path, data) -> dict[str, SplitSource]:
+def local_splits(path: Path, data, root: Path | None = None) -> dict[str, SplitSource]:
+    """The splits of a local source; files are described relative to ``root`` (see local_split)."""
     if not path.exists():
         raise StageError(
             f"data.source {path} does not exist",
@@ -261,7 +262,7 @@ def local_splits(path: Path, data) -> dict[str, SplitSource]:
             hint=f"add a file named {missing[0]}.jsonl (or .parquet, .json, .txt), map a file with "
             f"data.splits (e.g. --set data.splits.{missing[0]}=FILE), or split one file with data.split_ratio",
         )
-    return {split: local_split(files, data.text_field) for split, files in found.items()}
+    return {split: local_split(files, data.text_field, root) for split, files in found.items()}
 
 
 def files_of(base: Path, pattern: str, split: str) -> list[Path]:
@@ -330,7 +331,10 @@ def file_format(file: Path) -> str:
     return fmt
 
 
-def local_split(files: list[Path], text_field: str) -> SplitSource:
+def local_split(files: list[Path], text_field: str, root: Path | None = None) -> SplitSource:
+    """``root``: the pipeline directory. Files are described relative to it, as params.yaml names
+    the source, so the metrics of a copy of the pipeline (a reproduction elsewhere) are the same."""
+
     def read() -> Iterator[str]:
         for file in files:
             yield from READERS[file_format(file)](file, text_field)
@@ -338,7 +342,9 @@ def local_split(files: list[Path], text_field: str) -> SplitSource:
     def count() -> int:
         return sum(COUNTERS[file_format(file)](file, text_field) for file in files)
 
-    description = ", ".join(str(f) for f in files)
+    description = ", ".join(
+        str(f) if root is None else Path(os.path.relpath(f, root)).as_posix() for f in files
+    )
     return SplitSource(description, read, count, files)
 
 

@@ -33,8 +33,8 @@ size). Then, per unit:
 
 The pass runs the base model only (``model.model``): the LM head's logits are not needed.
 
-Outputs: ``layout.width_importance_path()`` (safetensors: ``ffn.<l>`` ``[ffn]``,
-``attention.<l>`` ``[heads*head_dim]`` channel scores, ``heads.<l>`` ``[heads]``,
+Outputs: ``layout.width_importance_path()`` (safetensors, keys as ``layout`` documents them:
+``mlp.<l>`` ``[ffn]``, ``attention.<l>`` ``[heads*head_dim]`` channel scores, ``heads.<l>`` ``[heads]``,
 ``norm.<name>`` ``[hidden]`` per norm, ``hidden`` ``[hidden]``; metadata with the model's shapes
 and the calibration settings) and ``layout.width_importance_summary_path()`` (JSON).
 """
@@ -57,7 +57,7 @@ if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel
 
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"  # 2: MLP scores under layout.WIDTH_MLP_KEY (mlp.<l>), not ffn.<l>
 
 
 class ActivationRecorder:
@@ -69,7 +69,7 @@ class ActivationRecorder:
         self.samples = 0
         self._handles = []
         for index, layer in enumerate(model.model.layers):
-            self._on_input(f"ffn.{index}", layer.mlp.down_proj)
+            self._on_input(layout.WIDTH_MLP_KEY.format(layer=index), layer.mlp.down_proj)
             self._on_input(f"attention.{index}", layer.self_attn.o_proj)
             self._on_output(f"norm.layers.{index}.input_layernorm", layer.input_layernorm)
             self._on_output(
@@ -118,8 +118,10 @@ class ActivationRecorder:
         out = {key: total.sqrt().cpu() for key, total in self.sums.items()}
         for index in range(dims.num_layers):
             channels = out[f"attention.{index}"].view(dims.num_attention_heads, dims.head_dim)
-            out[f"heads.{index}"] = channels.norm(dim=1)  # [heads]
-        out["hidden"] = sum(value for key, value in out.items() if key.startswith("norm."))
+            out[layout.WIDTH_HEADS_KEY.format(layer=index)] = channels.norm(dim=1)  # [heads]
+        out[layout.WIDTH_HIDDEN_KEY] = sum(
+            value for key, value in out.items() if key.startswith("norm.")
+        )
         return out
 
 
@@ -140,16 +142,36 @@ def collect_importance(
 def save_importance(
     path: Path, scores: dict[str, torch.Tensor], dims: ModelDims, meta: dict
 ) -> None:
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     metadata = {
         "format_version": FORMAT_VERSION,
         **{k: str(v) for k, v in {**dims.as_dict(), **meta}.items()},
     }
+    data = save({k: v.contiguous() for k, v in sorted(scores.items())}, metadata=metadata)
     with atomic_file(path) as tmp:
-        save_file(
-            {k: v.contiguous() for k, v in sorted(scores.items())}, str(tmp), metadata=metadata
-        )
+        tmp.write_bytes(sorted_metadata(data))
+
+
+def sorted_metadata(data: bytes) -> bytes:
+    """The safetensors file ``data`` with its ``__metadata__`` keys in sorted order.
+
+    safetensors writes the metadata in the order of a Rust HashMap, which changes from process to
+    process, so the same scores made files with other bytes: another DVC hash, and every stage
+    after importance ran again for nothing. The header keeps its length (the same keys and
+    values, compact JSON, space padding as safetensors pads), so the data offsets stay valid.
+    """
+    import json
+    import struct
+
+    (size,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + size])
+    if "__metadata__" in header:
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    if len(text) > size:  # not compact JSON as expected: keep safetensors' own bytes
+        return data
+    return data[:8] + text.ljust(size, b" ") + data[8 + size :]
 
 
 def load_importance(
@@ -171,6 +193,12 @@ def load_importance(
     with safe_open(str(path), framework="pt") as handle:
         metadata = handle.metadata() or {}
         tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    if metadata.get("format_version") != FORMAT_VERSION:
+        raise StageError(
+            f"{path} is in importance format {metadata.get('format_version')!r}, and this "
+            f"minispec reads format {FORMAT_VERSION}",
+            hint="recompute it: minispec run SPEC --stage importance --force",
+        )
     expected = {k: str(v) for k, v in dims.as_dict().items() if k != "tied_embeddings"}
     found = {k: metadata.get(k) for k in expected}
     if found != expected:
@@ -225,7 +253,7 @@ def summary(scores: dict[str, torch.Tensor], dims: ModelDims, meta: dict) -> dic
         "layers": [
             {
                 "layer": i + 1,
-                "ffn": stats(scores[f"ffn.{i}"]),
+                "ffn": stats(scores[layout.WIDTH_MLP_KEY.format(layer=i)]),
                 "heads": [round(float(h), 6) for h in scores[f"heads.{i}"]],
             }
             for i in range(dims.num_layers)
@@ -257,11 +285,10 @@ def run(spec, variant: str | None, root: Path) -> None:
     seconds = time.perf_counter() - started
     meta = {"calibration_samples": samples, "seq_length": seq_length, "seed": spec.seed}
     save_importance(root / layout.width_importance_path(), scores, dims, meta)
-    timing = {
-        "seconds": round(seconds, 3),
-        "tokens_per_second": round(samples * seq_length / seconds, 1),
-    }
-    write_json_atomic(
-        root / layout.width_importance_summary_path(), summary(scores, dims, {**meta, **timing})
+    # no timings in the output: the same scores must hash the same, or every width variant
+    # after a rerun would run again for nothing; the speed goes to the stage log
+    write_json_atomic(root / layout.width_importance_summary_path(), summary(scores, dims, meta))
+    print(
+        f"importance: {samples} sequences x {seq_length} tokens in {seconds:.1f} s "
+        f"({samples * seq_length / seconds:,.0f} tokens/s)"
     )
-    print(f"importance: {samples} sequences x {seq_length} tokens in {seconds:.1f} s")

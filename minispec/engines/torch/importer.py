@@ -22,6 +22,7 @@ from minispec.engines.torch.modeling import (
     save_model,
 )
 from minispec.fsio import write_json_atomic
+from minispec.sources import parse_source
 
 
 def run(spec, variant, root: Path) -> None:
@@ -37,6 +38,7 @@ def run(spec, variant, root: Path) -> None:
         trust_remote_code=teacher.trust_remote_code,
     )
     save_model(loaded.model, loaded.tokenizer, root / layout.TEACHER_DIR)
+    loaded.info.update(source_path(teacher.source, loaded.info))
     metrics = import_metrics(teacher.source, loaded, str(dtype).removeprefix("torch."))
     metrics["seconds"] = round(time.perf_counter() - started, 3)
     write_json_atomic(root / layout.metrics_path("import"), metrics)
@@ -46,6 +48,18 @@ def run(spec, variant, root: Path) -> None:
         f"{params['total']:,} parameters, {metrics['dtype']})",
         file=sys.stderr,
     )
+
+
+def source_path(source_text: str, info: dict) -> dict:
+    """Where the source was read, as the metrics record it: a local path as params.yaml gives it
+    (relative to the pipeline directory), a package file by its ``pkg://`` source alone. Where
+    it lies on this machine is no result: it would make a reproduction elsewhere differ."""
+    source = parse_source(source_text)
+    if source.kind == "local":
+        return {"path": source.path}
+    if source.kind == "package":
+        return {"path": None}
+    return {}
 
 
 def import_metrics(source: str, loaded, dtype: str) -> dict:

@@ -25,6 +25,7 @@ from __future__ import annotations
 from dataclasses import astuple, dataclass
 from typing import TYPE_CHECKING
 
+from minispec import layout
 from minispec.engines.torch.surgery import (
     LAYER_KEY,
     ModelDims,
@@ -141,10 +142,12 @@ def group_scores_from_heads(heads: torch.Tensor, num_groups: int) -> torch.Tenso
 
 def activation_scores(tensors: dict[str, torch.Tensor], dims: ModelDims) -> WidthScores:
     """Scores from the importance stage's file (see :mod:`minispec.engines.torch.importance`)."""
-    ffn = [tensors[f"ffn.{i}"].float() for i in range(dims.num_layers)]
-    heads = [tensors[f"heads.{i}"].float() for i in range(dims.num_layers)]
+    layers = range(dims.num_layers)
+    ffn = [tensors[layout.WIDTH_MLP_KEY.format(layer=i)].float() for i in layers]
+    heads = [tensors[layout.WIDTH_HEADS_KEY.format(layer=i)].float() for i in layers]
     groups = [group_scores_from_heads(h, dims.num_query_groups) for h in heads]
-    return WidthScores(ffn=ffn, heads=heads, groups=groups, hidden=tensors["hidden"].float())
+    hidden = tensors[layout.WIDTH_HIDDEN_KEY].float()
+    return WidthScores(ffn=ffn, heads=heads, groups=groups, hidden=hidden)
 
 
 def magnitude_scores(model: PreTrainedModel) -> WidthScores:

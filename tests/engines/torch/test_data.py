@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -69,6 +70,10 @@ def test_wikitext_splits_are_copied_exactly(make_pipeline, wikitext_dir):
     assert validation["characters"] == sum(map(len, texts))
     assert validation["sha256"] == sha256(out / "validation.jsonl")
     assert metrics["splits"]["test"]["rows"] == 4358
+    # files named as params.yaml names the source: relative to the pipeline directory, so a
+    # copy of the pipeline elsewhere records the same metrics
+    relative = Path(os.path.relpath(wikitext_dir, root)).as_posix()
+    assert validation["from"] == f"{relative}/validation.jsonl"
 
 
 def test_ratio_split_is_exact_seeded_and_order_preserving(make_pipeline, wikitext_dir):

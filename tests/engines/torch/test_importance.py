@@ -25,7 +25,7 @@ def stored_activations(model, batch):
     handles = []
     for i, layer in enumerate(model.model.layers):
         for key, module in (
-            (f"ffn.{i}", layer.mlp.down_proj),
+            (f"mlp.{i}", layer.mlp.down_proj),
             (f"attention.{i}", layer.self_attn.o_proj),
         ):
             handles.append(
@@ -121,6 +121,45 @@ def test_saved_scores_reload_and_refuse_another_model(tiny_llama, tmp_path):
         load_importance(path, dims, calibration_samples=8)
     with pytest.raises(StageError, match="windows of 12 tokens, not 256"):
         load_importance(path, dims, seq_length=256)
+    # a file of the first format (MLP scores under ffn.<l>) is refused, not misread
+    from safetensors.torch import save_file
+
+    old = {k.replace("mlp.", "ffn."): v.contiguous() for k, v in tensors.items()}
+    save_file(
+        old,
+        str(path),
+        metadata={"format_version": "1", **{k: str(v) for k, v in dims.as_dict().items()}},
+    )
+    with pytest.raises(StageError, match="importance format '1'") as error:
+        load_importance(path, dims)
+    assert "--stage importance --force" in error.value.hint
     with pytest.raises(StageError, match="missing.safetensors not found") as error:
         load_importance(tmp_path / "missing.safetensors", dims)
     assert "run the importance stage" in error.value.hint
+
+
+def test_the_same_scores_make_the_same_bytes(tiny_llama, tmp_path):
+    """safetensors orders metadata by a per-map random hash; saved files must not depend on it
+    (DVC hashes the file: other bytes would re-run every stage after importance)."""
+    import json
+    import struct
+
+    from safetensors import safe_open
+
+    model = tiny_llama()
+    dims = model_dims(model.config)
+    tensors, _ = collect_importance(model, [windows()])
+    meta = {"calibration_samples": 6, "seq_length": 12, "seed": 7}
+    files = []
+    for i in range(8):
+        path = tmp_path / f"{i}" / "activations.safetensors"
+        save_importance(path, tensors, dims, meta)
+        files.append(path.read_bytes())
+    assert len(set(files)) == 1
+    (size,) = struct.unpack("<Q", files[0][:8])
+    metadata = json.loads(files[0][8 : 8 + size])["__metadata__"]
+    assert list(metadata) == sorted(metadata) and metadata["seed"] == "7"
+    with safe_open(str(path), "pt") as handle:  # still a valid file, every tensor intact
+        assert handle.metadata() == metadata
+        for key, value in tensors.items():
+            assert torch.equal(handle.get_tensor(key), value)

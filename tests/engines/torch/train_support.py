@@ -31,13 +31,16 @@ def read_wikitext(wikitext_dir: Path, split: str, limit: int) -> list[str]:
     return texts
 
 
-def make_tokenizer(wikitext_dir: Path, vocab_size: int = 256, swap: bool = False):
-    """A real byte-free BPE tokenizer (``tokenizers``) trained on WikiText, as a fast HF tokenizer.
+# tokenizers' BpeTrainer breaks ties between equally frequent pairs in hash-map order, so two
+# trainings on the same text can give other merges and ids (huggingface/tokenizers#1794): a
+# fixture trained anew in each process made tests that compare processes (or runs) flaky. The
+# 256-token tokenizer is trained once, by the same code, and committed.
+BPE_FIXTURE = REPO / "tests" / "fixtures" / "tokenizers" / "wikitext-bpe-256.json"
 
-    ``swap=True`` exchanges two token ids: the same tokens, a different tokenizer.
-    """
+
+def train_bpe(wikitext_dir: Path, vocab_size: int = 256):
+    """A byte-free BPE ``tokenizers.Tokenizer`` trained on WikiText validation rows."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
 
     texts = read_wikitext(wikitext_dir, "validation", 2000)
     tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
@@ -50,12 +53,27 @@ def make_tokenizer(wikitext_dir: Path, vocab_size: int = 256, swap: bool = False
         show_progress=False,
     )
     tokenizer.train_from_iterator(texts, trainer)
+    return tokenizer
+
+
+def make_tokenizer(wikitext_dir: Path, vocab_size: int = 256, swap: bool = False):
+    """A real BPE tokenizer (``tokenizers``) trained on WikiText, as a fast HF tokenizer; the
+    256-token one is the committed fixture (the same in every process), others are trained.
+
+    ``swap=True`` exchanges two token ids: the same tokens, a different tokenizer.
+    """
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    if vocab_size == 256:
+        state = json.loads(BPE_FIXTURE.read_text(encoding="utf-8"))
+    else:
+        state = json.loads(train_bpe(wikitext_dir, vocab_size).to_str())
     if swap:
-        state = json.loads(tokenizer.to_str())
         vocab = state["model"]["vocab"]
         a, b = sorted(vocab, key=vocab.get)[10:12]
         vocab[a], vocab[b] = vocab[b], vocab[a]
-        tokenizer = Tokenizer.from_str(json.dumps(state))
+    tokenizer = Tokenizer.from_str(json.dumps(state))
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="<unk>", eos_token="<eos>")
 
 
