@@ -59,7 +59,9 @@ def write_tiny_tokenizer(path: Path, words: int = 200):
     vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"w{i}": i + 3 for i in range(words)}}
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>"
+    )
     tokenizer.save_pretrained(path)
     return tokenizer
 
@@ -81,9 +83,16 @@ def make_pipeline(tmp_path):
     def factory(spec: dict | None = None, name: str = "pipeline") -> Path:
         root = tmp_path / name
         root.mkdir(parents=True, exist_ok=True)
-        full = {"version": 1, "name": "test", "teacher": {"source": "models/source"}, "data": {"source": "corpus"}}
+        full = {
+            "version": 1,
+            "name": "test",
+            "teacher": {"source": "models/source"},
+            "data": {"source": "corpus"},
+        }
         full.update(spec or {})
-        (root / "params.yaml").write_text(json.dumps(full, indent=2), encoding="utf-8")  # JSON is YAML
+        (root / "params.yaml").write_text(
+            json.dumps(full, indent=2), encoding="utf-8"
+        )  # JSON is YAML
         return root
 
     return factory

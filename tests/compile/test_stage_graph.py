@@ -59,7 +59,9 @@ def test_quickstart_deps_params_outs(tmp_path):
     assert {"teacher.dtype", "teacher.trust_remote_code"} <= set(s["importance"].params)
     # width: scores from importance; every variant reads the tokens (calibration, quick val loss)
     assert set(s["prune@width"].deps) == {"models/teacher-corrected", "importance", "data/tokens"}
-    assert {"prune.width", "data.seq_length", "seed", "teacher.dtype"} <= set(s["prune@width"].params)
+    assert {"prune.width", "data.seq_length", "seed", "teacher.dtype"} <= set(
+        s["prune@width"].params
+    )
     assert not any(p.startswith("prune.depth") for p in s["prune@width"].params)
     assert set(s["prune@depth"].deps) == {"models/teacher-corrected", "data/tokens"}
     assert {"prune.depth", "data.seq_length", "seed"} <= set(s["prune@depth"].params)

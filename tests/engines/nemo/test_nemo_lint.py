@@ -19,7 +19,9 @@ def test_tutorial_spec_is_clean(load_tutorial):
 
 
 def test_optimizer_settings_nemo_cannot_take_are_warned_when_written(load_tutorial):
-    warnings = [p for p in check(load_tutorial("finetune.adam_beta2=0.95")) if p.severity == "warning"]
+    warnings = [
+        p for p in check(load_tutorial("finetune.adam_beta2=0.95")) if p.severity == "warning"
+    ]
     assert [p.key_path for p in warnings] == ["finetune.adam_beta2"]
     assert "NeMo uses 0.999, not 0.95" in warnings[0].message
 
