@@ -236,12 +236,7 @@ def check_against_lock(
                     f"{entry.path}: md5 {digest.dvc_md5(entry.hash_name)} != {entry.md5} in dvc.lock (stage '{entry.stage}')"
                 )
             continue
-        prefix = entry.path + "/"
-        inside = {
-            rel[len(prefix) :]: d.dvc_md5(entry.hash_name)
-            for rel, d in digests.items()
-            if rel.startswith(prefix)
-        }
+        inside = dvchash.dir_entry_md5s(entry, digests)
         if not inside:
             continue
         actual = dvchash.dir_md5(inside)

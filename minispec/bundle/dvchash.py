@@ -117,6 +117,20 @@ def dir_listing(md5_by_relpath: dict[str, str]) -> bytes:
     return json.dumps(entries, sort_keys=True).encode("utf-8")
 
 
+def dir_entry_md5s(entry: LockEntry, digests: dict[str, FileDigest]) -> dict[str, str]:
+    """DVC md5 of every file under the directory out ``entry``, keyed by its path inside it.
+
+    ``digests`` maps pipeline-relative paths to their digests; the md5 is the flavour the
+    entry's ``hash_name`` asks for.
+    """
+    prefix = entry.path + "/"
+    return {
+        rel[len(prefix) :]: digest.dvc_md5(entry.hash_name)
+        for rel, digest in digests.items()
+        if rel.startswith(prefix)
+    }
+
+
 def dir_md5(md5_by_relpath: dict[str, str]) -> str:
     return hashlib.md5(dir_listing(md5_by_relpath), usedforsecurity=False).hexdigest() + DIR_SUFFIX
 

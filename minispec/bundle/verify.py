@@ -199,12 +199,7 @@ def check_lock(
                     f"{PIPELINE}/{entry.path}: md5 {digest.dvc_md5(entry.hash_name)} differs from {entry.md5} recorded in dvc.lock (stage '{entry.stage}'): the artifact was modified"
                 )
             continue
-        prefix = entry.path + "/"
-        inside = {
-            rel[len(prefix) :]: d.dvc_md5(entry.hash_name)
-            for rel, d in pipeline.items()
-            if rel.startswith(prefix)
-        }
+        inside = dvchash.dir_entry_md5s(entry, pipeline)
         if not inside:
             continue
         checked += 1
