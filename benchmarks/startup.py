@@ -110,9 +110,12 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=15)
     args = parser.parse_args()
 
+    sys.path.insert(0, str(REPO))
+    from minispec.bundle.environment import cpu_model  # what bundles record about the machine
+
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     print(
-        f"machine: {cpu_model()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, load average {load}"
+        f"machine: {cpu_model() or platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, load average {load}"
     )
     walls, cpus = run_times([sys.executable, "-c", "pass"], args.repeats)
     print(
@@ -163,16 +166,6 @@ def gguf_read_times() -> None:
         f"teacher shapes from {path.name}: header walk median {1000 * statistics.median(ours):.1f} ms; "
         f"gguf.GGUFReader {reference:.2f} s (decodes every tokenizer array)"
     )
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 if __name__ == "__main__":
