@@ -276,5 +276,15 @@ def copy_run(source: Path, target: Path) -> Path:
     return target
 
 
+def snapshot(root: Path, paths) -> dict[str, dict[str, bytes]]:
+    """The bytes of every file under each of ``paths`` (relative to ``root``), to compare later."""
+    out = {}
+    for path in paths:
+        full = root / path
+        files = sorted(full.rglob("*")) if full.is_dir() else [full]
+        out[path] = {str(f.relative_to(root)): f.read_bytes() for f in files if f.is_file()}
+    return out
+
+
 def read_json(path: Path):
     return json.loads(path.read_text(encoding="utf-8"))

@@ -24,6 +24,7 @@ from real_pipeline import (
     progress,
     read_json,
     run_pipeline,
+    snapshot,
     stages_run,
     status,
 )
@@ -113,15 +114,6 @@ def test_a_changed_data_file_reruns_everything_that_reads_data(real_run_copy):
     states = status(root)
     assert not_up_to_date(states) == ["data", "tokenize", *DOWNSTREAM_OF_FINETUNE]
     assert states["data"] == "changed: deps corpus (modified)"
-
-
-def snapshot(root, paths):
-    out = {}
-    for path in paths:
-        full = root / path
-        files = sorted(full.rglob("*")) if full.is_dir() else [full]
-        out[path] = {str(f.relative_to(root)): f.read_bytes() for f in files if f.is_file()}
-    return out
 
 
 DEPTH_OUTPUTS = [

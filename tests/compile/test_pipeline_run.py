@@ -12,22 +12,13 @@ import sys
 import pytest
 from pipeline_harness import QUICKSTART, env, minispec
 from real_pipeline import minispec as minispec_in
-from real_pipeline import progress, read_json, run_pipeline, stages_run, status
+from real_pipeline import progress, read_json, run_pipeline, snapshot, stages_run, status
 
 from minispec import layout
 from minispec.bundle.reproduce import compare_metrics, flatten
 from minispec.pipeline import ensure_gitignore, ensure_repo
 
 pytestmark = pytest.mark.slow
-
-
-def snapshot(root, paths):
-    out = {}
-    for path in paths:
-        full = root / path
-        files = sorted(full.rglob("*")) if full.is_dir() else [full]
-        out[path] = {str(f.relative_to(root)): f.read_bytes() for f in files if f.is_file()}
-    return out
 
 
 def stage_logs(root, except_for):
