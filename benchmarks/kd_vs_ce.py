@@ -88,16 +88,12 @@ def tokenize_wikitext(wikitext: Path, tokenizer, target: Path) -> None:
 
 
 def depth_prune(teacher_dir: Path, drop: list[int], target: Path) -> None:
-    """Remove 1-indexed decoder layers ``drop`` (the depth-prune semantics of the spec)."""
+    """Remove 1-indexed decoder layers ``drop`` with the prune stage's own surgery."""
+    from minispec.engines.torch.depth import check_drop_layers, drop_layers
+
     model = load_model(teacher_dir, dtype=torch.float32)
-    keep = [i for i in range(model.config.num_hidden_layers) if i + 1 not in drop]
-    model.model.layers = torch.nn.ModuleList([model.model.layers[i] for i in keep])
-    for index, layer in enumerate(model.model.layers):
-        layer.self_attn.layer_idx = index
-    model.config.num_hidden_layers = len(keep)
-    if getattr(model.config, "layer_types", None):
-        model.config.layer_types = [model.config.layer_types[i] for i in keep]
-    save_model(model, load_tokenizer(teacher_dir), target)
+    dropped = check_drop_layers(drop, model.config.num_hidden_layers, "--drop-layers")
+    save_model(drop_layers(model, dropped), load_tokenizer(teacher_dir), target)
 
 
 def parse_layers(text: str) -> list[int]:

@@ -122,19 +122,12 @@ def tiny_teacher(tokenizer, layers: int = 4, seed: int = 0, **overrides):
 
 
 def drop_layers(teacher, keep: list[int]):
-    """A depth-pruned copy of ``teacher`` keeping decoder layers ``keep`` (0-based)."""
-    import copy
+    """A depth-pruned copy of ``teacher`` keeping decoder layers ``keep`` (0-based), made by the
+    prune stage's own surgery."""
+    from minispec.engines.torch.depth import drop_layers as drop
 
-    import torch
-
-    student = copy.deepcopy(teacher)
-    student.model.layers = torch.nn.ModuleList([student.model.layers[i] for i in keep])
-    for index, layer in enumerate(student.model.layers):
-        layer.self_attn.layer_idx = index
-    student.config.num_hidden_layers = len(keep)
-    if getattr(student.config, "layer_types", None):
-        student.config.layer_types = [student.config.layer_types[i] for i in keep]
-    return student
+    n_layers = teacher.config.num_hidden_layers
+    return drop(teacher, [i for i in range(n_layers) if i not in keep])
 
 
 def base_spec(**sections) -> dict:
