@@ -55,6 +55,12 @@ class LayerRunner:
 
     ``runner.run(h, range(a, b))`` equals the residual stream after layer ``b - 1`` of a forward
     whose state entering layer ``a`` is ``h`` (tested against the model's own forward).
+
+    The per-layer keyword arguments (attention mask of the layer's kind, rotary embeddings,
+    positions, cache positions) are whatever the installed transformers passes: ``context``
+    captures them from the model's own forward with every layer swapped for a no-op. Building
+    them ourselves would tie us to ``masking_utils``' signature, which changed between 4.56
+    (``input_embeds``, ``cache_position``) and 5.x (``inputs_embeds``, ``cache``).
     """
 
     def __init__(self, model: PreTrainedModel):
@@ -62,38 +68,40 @@ class LayerRunner:
         self.layers = model.model.layers
         self.types = attention_types(model.config)
 
-    def context(self, hidden: torch.Tensor) -> dict:
-        """Masks per attention kind and rotary embeddings for hidden states [b, T, H] at positions 0..T-1."""
-        import torch
-        from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
+    def context(self, hidden: torch.Tensor) -> list[dict]:
+        """Each layer's call arguments for hidden states [b, T, H] at positions 0..T-1."""
+        captured: list[dict | None] = [None] * len(self.layers)
 
-        position_ids = torch.arange(hidden.shape[1], device=hidden.device).unsqueeze(0)  # [1, T]
-        mask_args = dict(
-            config=self.model.config,
-            inputs_embeds=hidden,
-            attention_mask=None,
-            cache=None,
-            position_ids=position_ids,
-        )
-        masks = {"full_attention": create_causal_mask(**mask_args)}
-        if "sliding_attention" in self.types:
-            masks["sliding_attention"] = create_sliding_window_causal_mask(**mask_args)
-        return {
-            "masks": masks,
-            "position_ids": position_ids,
-            "position_embeddings": self.model.model.rotary_emb(hidden, position_ids),
-        }
+        def capture(index):
+            def forward(hidden_states, *args, **kwargs):
+                if args:
+                    raise StageError(
+                        "the decoder layer was called with positional arguments; "
+                        "this transformers version is not supported for depth scoring"
+                    )
+                captured[index] = kwargs
+                return hidden_states  # a no-op layer: only the arguments matter here
 
-    def layer(self, index: int, hidden: torch.Tensor, context: dict) -> torch.Tensor:
-        return self.layers[index](
-            hidden,
-            attention_mask=context["masks"][self.types[index]],
-            position_ids=context["position_ids"],
-            position_embeddings=context["position_embeddings"],
-            use_cache=False,
-        )
+            return forward
 
-    def run(self, hidden: torch.Tensor, indices: Iterable[int], context: dict) -> torch.Tensor:
+        for index, layer in enumerate(self.layers):
+            layer.forward = capture(index)  # instance attribute: shadows the class's forward
+        try:
+            self.model.model(inputs_embeds=hidden, use_cache=False)
+        finally:
+            for layer in self.layers:
+                del layer.forward
+        missing = [i for i, kwargs in enumerate(captured) if kwargs is None]
+        if missing:
+            raise StageError(f"the model's forward did not call decoder layers {missing}")
+        return captured
+
+    def layer(self, index: int, hidden: torch.Tensor, context: list[dict]) -> torch.Tensor:
+        output = self.layers[index](hidden, **context[index])
+        # transformers >= 4.56 returns the hidden states; earlier layers returned a tuple
+        return output[0] if isinstance(output, tuple) else output
+
+    def run(self, hidden: torch.Tensor, indices: Iterable[int], context: list[dict]) -> torch.Tensor:
         for index in indices:
             hidden = self.layer(index, hidden, context)
         return hidden

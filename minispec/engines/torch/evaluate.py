@@ -99,7 +99,8 @@ def generation_speed(model, tokenizer, prompts: list[str], max_new_tokens: int) 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
     def generate(prompt: str, new_tokens: int):
-        inputs = tokenizer(prompt, return_tensors="pt").to(device)
+        # token_type_ids: transformers 4.x tokenizers may return them; LMs' generate refuses them
+        inputs = tokenizer(prompt, return_tensors="pt", return_token_type_ids=False).to(device)
         _synchronize(device)
         start = time.perf_counter()
         output = model.generate(

@@ -130,6 +130,8 @@ def save_model(
     ``config.json`` always states ``head_dim``: after width pruning ``hidden_size /
     num_attention_heads`` no longer gives it, and a reader must not have to guess.
     """
+    from minispec.engines.torch.compat import make_portable
+
     set_explicit_head_dim(model.config)
     if getattr(model, "generation_config", None) is None and model.can_generate():
         from transformers import GenerationConfig
@@ -139,6 +141,7 @@ def save_model(
         model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
+        make_portable(tmp)  # exports must load in transformers 4.x serving stacks as well
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text, encoding="utf-8")
         for file in tmp.iterdir():  # safetensors writes 0600; give the umask's usual permissions
@@ -389,12 +392,8 @@ def plain_model(config, state_dict: dict, dtype) -> PreTrainedModel:
     """A model of ``config`` holding ``state_dict`` (no weight init: every weight is overwritten)."""
     from transformers import AutoModelForCausalLM
 
-    try:
-        from transformers.initialization import no_init_weights
-    except ImportError:  # older transformers: plain init, only slower
-        import contextlib
+    from minispec.engines.torch.compat import no_init_weights
 
-        no_init_weights = contextlib.nullcontext
     config.dtype = dtype
     with no_init_weights():
         model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="sdpa")

@@ -73,7 +73,7 @@ def rebuild_model(
     """
     import torch
     from transformers import AutoModelForCausalLM
-    from transformers.initialization import no_init_weights
+    from minispec.engines.torch.compat import no_init_weights
 
     device = next(source.parameters()).device
     with torch.device(device), no_init_weights():
