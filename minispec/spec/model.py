@@ -342,6 +342,32 @@ class ResourcesSpec(StrictModel):
         default="fsdp",
         description="How the torch engine spreads the student over several GPUs (FSDP2 or DDP).",
     )
+    compile: Literal["auto", "off", "on"] = Field(
+        default="auto",
+        description=(
+            "torch.compile the models in the torch engine's training stages (the whole model on "
+            "one GPU, each decoder layer on several). Compiling costs a minute or two per stage "
+            "and pays in runs of more than about ten minutes; `auto` leaves it off. Does not "
+            "change what is computed, only how fast."
+        ),
+    )
+    cuda_graphs: Literal["auto", "off", "on"] = Field(
+        default="auto",
+        description=(
+            "Capture one training micro step (teacher forward, student forward and backward) as a "
+            "CUDA graph and replay it, which removes the kernel-launch overhead that dominates "
+            "small models on a GPU (one GPU, no torch.compile). `auto`: on for one GPU; falls back "
+            "to plain execution, with a warning, when a model cannot be captured."
+        ),
+    )
+    activation_checkpointing: bool = Field(
+        default=False,
+        description=(
+            "Recompute the student's decoder-layer activations in the backward pass instead of "
+            "storing them (the torch engine): about a third more compute for far less activation "
+            "memory, for long sequences or large students."
+        ),
+    )
 
 
 class SlurmSpec(StrictModel):

@@ -108,14 +108,46 @@ class TrainConfig:
     loss: LossConfig | None = None  # None: plain cross-entropy (teacher correction)
     strategy: str = "fsdp"  # several processes: "fsdp" | "ddp"
     log_interval: int | None = None  # steps between host reads of the losses (None: by device)
-    compile: bool = False  # torch.compile every decoder layer
+    compile: bool = False  # torch.compile: the whole model on one device, each layer on several
+    cuda_graphs: bool = False  # replay each micro step as a CUDA graph (one GPU, not compiled)
+    activation_checkpointing: bool = False  # recompute the student's layer activations
+    # write checkpoints in a background thread (one process only); None: on GPU, where the
+    # host copy is cheap, not on CPU, where it would double host memory
+    background_checkpoints: bool | None = None
 
     def fingerprint_data(self) -> dict:
-        """What decides the result of a run (log interval, compile and strategy do not)."""
+        """What decides the result of a run (how fast it is computed does not)."""
         data = asdict(self)
-        for key in ("log_interval", "compile", "strategy"):
+        for key in (
+            "log_interval",
+            "compile",
+            "cuda_graphs",
+            "strategy",
+            "activation_checkpointing",
+            "background_checkpoints",
+        ):
             data.pop(key)
         return data
+
+
+def resolve_speed(resources, device_type: str) -> tuple[bool, bool]:
+    """``(compile, cuda_graphs)`` from ``resources.compile``/``resources.cuda_graphs``.
+
+    CUDA graphs need one GPU and plain (uncompiled) kernels: ``auto`` turns them on exactly
+    there. ``compile: auto`` is off: compiling costs more than it saves in short runs.
+    """
+    one_gpu = device_type == "cuda" and resources.devices == 1
+    compile_ = resources.compile == "on"
+    graphs = resources.cuda_graphs == "on" or (resources.cuda_graphs == "auto" and one_gpu)
+    return compile_, graphs and one_gpu and not compile_
+
+
+def default_checkpoint_interval(steps: int, val_interval: int) -> int:
+    """Checkpoints on their own cadence: the smallest multiple of ``val_interval`` that gives at
+    most about four checkpoints before the final one (each costs a full weights + optimizer
+    write), so long runs are not held up at every validation."""
+    validations = max(1, math.ceil(steps / 4 / val_interval))
+    return val_interval * validations
 
 
 def config_from_spec(spec: Spec, section: str, stage: str, device: torch.device) -> TrainConfig:
@@ -135,6 +167,7 @@ def config_from_spec(spec: Spec, section: str, stage: str, device: torch.device)
             ],
             intermediate_weight=spec_loss.intermediate_weight,
         )
+    compile_, cuda_graphs = resolve_speed(spec.resources, device.type)
     return TrainConfig(
         stage=stage,
         section=section,
@@ -147,7 +180,8 @@ def config_from_spec(spec: Spec, section: str, stage: str, device: torch.device)
         warmup_steps=block.warmup_steps,
         val_interval=block.val_interval,
         val_batches=block.val_batches,
-        checkpoint_interval=block.checkpoint_interval or block.val_interval,
+        checkpoint_interval=block.checkpoint_interval
+        or default_checkpoint_interval(block.steps, block.val_interval),
         weight_decay=block.weight_decay,
         adam_beta1=block.adam_beta1,
         adam_beta2=block.adam_beta2,
@@ -156,6 +190,9 @@ def config_from_spec(spec: Spec, section: str, stage: str, device: torch.device)
         precision=precision,
         loss=loss,
         strategy=spec.resources.strategy,
+        compile=compile_,
+        cuda_graphs=cuda_graphs,
+        activation_checkpointing=spec.resources.activation_checkpointing,
     )
 
 
@@ -320,11 +357,21 @@ class Trainer:
             ]
         )
         model.requires_grad_(True)
+        if cfg.activation_checkpointing:
+            model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
         module = TrainedModule(model, projections, [s - 1 for s, _ in self.pairs])
         module.train()
-        if cfg.compile:
-            for layer in model.model.layers:
-                layer.compile()
+        # one micro step as a CUDA graph: built at the first step (None), False if impossible
+        self.use_cuda_graphs = cfg.cuda_graphs and self.device.type == "cuda" and not self.ctx.enabled
+        self._graph: MicroStepGraph | None = None
+        background = cfg.background_checkpoints
+        if background is None:
+            background = self.device.type == "cuda"
+        self.background_checkpoints = background and not self.ctx.enabled
+        self._writer: BackgroundWrite | None = None
+        compile_model(model, cfg.compile, distributed=self.ctx.enabled)
         sharded = self.ctx.enabled and cfg.strategy == "fsdp"
         if not sharded:  # DDP needs its replica on the device; fully_shard moves shards itself
             module.to(self.device)
@@ -336,9 +383,7 @@ class Trainer:
         if teacher is not None and (self.computes_kd or self.pairs):
             teacher.eval().requires_grad_(False)
             self.teacher_capture = _Capture(teacher, [t - 1 for _, t in self.pairs])
-            if cfg.compile:
-                for layer in teacher.model.layers:
-                    layer.compile()
+            compile_model(teacher, cfg.compile, distributed=self.ctx.enabled)
             if not sharded:
                 teacher.to(self.device)
             self.teacher = distributed.shard_frozen(
@@ -359,7 +404,10 @@ class Trainer:
     def _autocast(self):
         if self.autocast_dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+        # autocast's cache of cast weights must not outlive a CUDA graph capture
+        return torch.autocast(
+            self.device.type, dtype=self.autocast_dtype, cache_enabled=not self.use_cuda_graphs
+        )
 
     def _to_device(self, tokens: torch.Tensor) -> torch.Tensor:
         if self.device.type == "cuda":
@@ -379,12 +427,31 @@ class Trainer:
         for index, micro in enumerate(micro_batches):
             last = index == len(micro_batches) - 1
             with self._gradient_sync(last):
-                parts += self._micro_step(self._to_device(micro))
+                parts += self._run_micro_step(self._to_device(micro))
         if self.cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.parameters, self.cfg.grad_clip)
         self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        # a captured graph accumulates into fixed gradient buffers: zero them, keep them
+        self.optimizer.zero_grad(set_to_none=self._graph is None)
         return parts
+
+    def _run_micro_step(self, tokens: torch.Tensor) -> torch.Tensor:
+        if self.use_cuda_graphs and self._graph is None:
+            try:
+                self._graph = MicroStepGraph(self._micro_step, tokens, self.parameters)
+            except Exception as exc:  # a model whose forward syncs with the host, ...
+                print(
+                    f"[{self.cfg.stage}] warning: CUDA graph capture failed ({type(exc).__name__}: {str(exc)[:300]}); "
+                    "running without CUDA graphs (set resources.cuda_graphs: off to skip the attempt)",
+                    flush=True,
+                )
+                self.use_cuda_graphs = False
+                for parameter in self.parameters:
+                    parameter.grad = None
+                torch.cuda.synchronize(self.device)
+        if self._graph is not None:
+            return self._graph.replay(tokens)
+        return self._micro_step(tokens)
 
     def _gradient_sync(self, last: bool):
         # DDP: all-reduce once per step. FSDP2 reduce-scatters every micro batch: keeping
@@ -466,8 +533,29 @@ class Trainer:
     # ---- checkpoints ----------------------------------------------------------------------
 
     def save_checkpoint(self, root: Path, step: int, state: dict) -> Path | None:
-        """Write a checkpoint at ``step`` (collective); ``state`` is the JSON part (history...)."""
+        """Write a checkpoint at ``step`` (collective); ``state`` is the JSON part (history...).
+
+        On one GPU the state is copied to host memory here and written by a background thread
+        while training goes on (returns None then; :meth:`wait_for_checkpoint` joins it). A
+        kill during the write leaves an uncommitted directory that resuming skips, so resume
+        stays exact. Several processes and CPU training write synchronously (on CPU the copy
+        would double host memory).
+        """
+        self.wait_for_checkpoint()  # one write at a time; raises what a failed write raised
         model_state, optimizer_state = distributed.full_state(self.module, self.optimizer, self.ctx)
+        if self.background_checkpoints:
+            if self.device.type == "cpu":  # full_state does not copy host tensors: copy them
+                model_state = {k: v.clone() for k, v in model_state.items()}
+                optimizer_state = _cloned(optimizer_state)
+            # every tensor is now a host copy: the step loop may change the originals
+            snapshot = json.loads(json.dumps(state))
+            rng = checkpointing.capture_rng(self.device)
+            self._writer = BackgroundWrite(
+                lambda: self._write_one_process(
+                    root, step, snapshot, model_state, optimizer_state, rng
+                )
+            )
+            return None
         partial, error = None, None
         if self.ctx.is_main:
             try:
@@ -515,6 +603,36 @@ class Trainer:
                 checkpointing.abort(partial)
             raise _write_error(f"{self.cfg.stage} checkpoint at step {step}", root, error)
         return final
+
+    def wait_for_checkpoint(self) -> None:
+        """Wait for a background checkpoint write (if any) and raise its error."""
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.join()
+
+    def _write_one_process(
+        self, root: Path, step: int, state: dict, model_state, optimizer_state, rng
+    ) -> Path:
+        try:
+            partial = checkpointing.begin(root, step)
+        except OSError as exc:
+            raise _write_error(f"{self.cfg.stage} checkpoint at step {step}", root, exc) from None
+        try:
+            rng_tensors, rng_meta = rng
+            checkpointing.write_tensors(partial / checkpointing.rng_file(0), rng_tensors)
+            (partial / "rng-rank0.json").write_text(json.dumps(rng_meta), encoding="utf-8")
+            model_state = {
+                name: tensor for name, tensor in model_state.items() if name not in self._alias_names
+            }
+            checkpointing.write_tensors(partial / checkpointing.MODEL_FILE, model_state)
+            optimizer_tensors, optimizer_meta = checkpointing.flatten_optimizer(optimizer_state)
+            checkpointing.write_tensors(partial / checkpointing.OPTIMIZER_FILE, optimizer_tensors)
+            return checkpointing.commit(
+                partial, root, step, {**state, "optimizer": optimizer_meta, "world_size": 1}
+            )
+        except OSError as exc:
+            checkpointing.abort(partial)
+            raise _write_error(f"{self.cfg.stage} checkpoint at step {step}", root, exc) from None
 
     def _any_rank(self, flag: bool) -> bool:
         if not self.ctx.enabled:
@@ -590,6 +708,96 @@ class Trainer:
         if dtype is not None:
             model.to(dtype=dtype)
         return model.to("cpu").eval()
+
+
+class BackgroundWrite:
+    """Runs ``write()`` in a thread; ``join()`` waits and re-raises its exception.
+
+    Not a daemon: a process that ends (even by an exception) first finishes the write.
+    """
+
+    def __init__(self, write):
+        import threading
+
+        self._error: BaseException | None = None
+
+        def target():
+            try:
+                write()
+            except BaseException as exc:  # re-raised in the training thread by join()
+                self._error = exc
+
+        self._thread = threading.Thread(target=target, name="checkpoint-writer")
+        self._thread.start()
+
+    def join(self) -> None:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+
+def _cloned(tree):
+    """A copy of a nested dict/list of tensors whose tensors are cloned."""
+    if isinstance(tree, torch.Tensor):
+        return tree.clone()
+    if isinstance(tree, dict):
+        return {key: _cloned(value) for key, value in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(_cloned(value) for value in tree)
+    return tree
+
+
+def compile_model(model: nn.Module, enabled: bool, *, distributed: bool) -> None:
+    """torch.compile an HF causal LM in place (``resources.compile: on``).
+
+    One process: the whole model (embedding, layers, norm and LM head in one graph, no
+    per-layer graph breaks). Several processes: each decoder layer, so FSDP2's per-layer
+    all-gathers stay outside the graphs.
+    """
+    if not enabled:
+        return
+    if distributed:
+        for layer in model.model.layers:
+            layer.compile()
+        return
+    model.compile(dynamic=False)
+
+
+class MicroStepGraph:
+    """One training micro step (teacher forward, student forward + backward) as a CUDA graph.
+
+    Small models on a GPU are launch-bound: a step is thousands of short kernels, each costing
+    more to launch from Python than to run. Replaying a captured graph launches them all at
+    once. The graph reads a fixed token buffer and accumulates into fixed ``.grad`` buffers
+    (gradient accumulation adds in place, so the optimizer sees the same sums as without
+    graphs); the optimizer step and clipping stay outside, as plain fused kernels. Capture
+    follows PyTorch's recipe: warm up on a side stream, zero what the warm-up accumulated,
+    capture, replay. Nothing is computed differently, only launched differently.
+    """
+
+    WARMUP = 2
+
+    def __init__(self, micro_step, example: torch.Tensor, parameters: list[nn.Parameter]):
+        for parameter in parameters:
+            if parameter.grad is None:
+                parameter.grad = torch.zeros_like(parameter)
+        self.tokens = example.clone()  # [micro, L + 1], the graph's input buffer
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(self.WARMUP):
+                micro_step(self.tokens)
+        torch.cuda.current_stream().wait_stream(side)
+        for parameter in parameters:
+            parameter.grad.zero_()  # the warm-up's gradients are not part of training
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.parts = micro_step(self.tokens)  # [4] loss parts, written on every replay
+
+    def replay(self, tokens: torch.Tensor) -> torch.Tensor:
+        self.tokens.copy_(tokens, non_blocking=True)
+        self.graph.replay()
+        return self.parts.clone()
 
 
 def _tied_aliases(module: nn.Module) -> dict[str, str]:
@@ -749,8 +957,24 @@ def _fit(
             trainer.save_checkpoint(checkpoint_root, step, _checkpoint_state(run, fingerprint))
         if at_val or at_checkpoint:
             mark = time.perf_counter()  # validation and saving are not training time
+        if step == 1 and ctx.is_main:
+            print(
+                f"[{cfg.stage}] first step done {seconds_since_process_start():.1f} s after the process started",
+                flush=True,
+            )
     flush()
+    trainer.wait_for_checkpoint()
     return run
+
+
+def seconds_since_process_start() -> float:
+    """Wall time since this process started (stage start-up is measured from there)."""
+    try:
+        import psutil
+
+        return time.time() - psutil.Process().create_time()
+    except Exception:  # psutil missing or no /proc: fall back to the interpreter's clock
+        return time.process_time()
 
 
 def _checkpoint_state(run: RunState, fingerprint: str) -> dict:

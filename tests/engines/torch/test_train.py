@@ -430,3 +430,67 @@ def test_stage_guards(pipeline):
         run_stage("finetune", None, root)
     with pytest.raises(StageError, match="'other' is not a student"):
         run_stage("distill", "other", root)
+
+
+# --------------------------------------------------------------------------------------------
+# speed settings: compile resolution, checkpoint cadence, background checkpoint writes
+
+
+def test_cuda_graphs_auto_on_one_gpu_only_and_never_with_compile():
+    from minispec.engines.torch.train import resolve_speed
+    from minispec.spec.model import ResourcesSpec
+
+    def speed(device, **resources):
+        return resolve_speed(ResourcesSpec(**resources), device)
+
+    assert speed("cuda") == (False, True)  # the defaults on one GPU: CUDA graphs, no compile
+    assert speed("cpu") == (False, False)
+    assert speed("cuda", devices=2) == (False, False)  # no graphs around collectives
+    assert speed("cuda", cuda_graphs="off") == (False, False)
+    assert speed("cuda", compile="on") == (True, False)  # compiled kernels are not captured
+    assert speed("cpu", compile="on") == (True, False)
+
+
+def test_default_checkpoint_cadence_is_not_every_validation():
+    from minispec.engines.torch.train import default_checkpoint_interval
+
+    assert default_checkpoint_interval(20, 10) == 10  # short runs: as before
+    assert default_checkpoint_interval(200, 10) == 50  # ~4 checkpoints, not 20
+    assert default_checkpoint_interval(300, 10) == 80
+    assert default_checkpoint_interval(5, 10) == 10
+
+
+def test_background_checkpoints_resume_to_the_same_curve_and_weights(
+    tmp_path, windows, trained_teacher
+):
+    """Writes in a thread while training goes on; the checkpoint holds the step it was taken at."""
+    train, val = windows
+    loss = LossConfig(alpha=0.5, temperature=2.0)
+    cfg = config(steps=6, checkpoint_interval=2, val_interval=3, loss=loss, background_checkpoints=True)
+
+    def trainer():
+        return Trainer(cfg, _student(trained_teacher), copy.deepcopy(trained_teacher), vocab_size=256)
+
+    whole = trainer()
+    whole_run = fit(whole, train, val, checkpoint_root=tmp_path / "whole", fingerprint="x")
+    assert whole._writer is None  # fit waited for the last write
+    assert [p.name for p in checkpointing.complete_dirs(tmp_path / "whole")][-1] == "step-00000006"
+
+    # a run stopped by an error during step 5, after its step-4 checkpoint was handed to the writer
+    root = tmp_path / "resumed"
+    stopped = trainer()
+    _poison_after(stopped.module.model, calls=2 * 4, error=RuntimeError("stopped"))
+    with pytest.raises(RuntimeError, match="stopped"):
+        fit(stopped, train, val, checkpoint_root=root, fingerprint="x")
+    stopped.wait_for_checkpoint()
+    assert [p.name for p in checkpointing.complete_dirs(root)] == ["step-00000004"]
+    resumed = trainer()
+    resumed_run = fit(resumed, train, val, checkpoint_root=root, fingerprint="x")
+    assert resumed_run.resumed_from == 4
+    assert [r["loss"] for r in resumed_run.history["train"]] == [
+        r["loss"] for r in whole_run.history["train"]
+    ]
+    for (name, a), (_, b) in zip(
+        whole.module.named_parameters(), resumed.module.named_parameters(), strict=True
+    ):
+        assert torch.equal(a, b), name
