@@ -56,6 +56,36 @@ FULL = dict(
     seq=2048,
     micro_batch=4,
 )
+# SmolLM2-135M (the quickstart's teacher) → its 20-layer depth student, the quickstart's windows
+QUICKSTART = dict(
+    hidden=576,
+    teacher_layers=30,
+    student_layers=20,
+    heads=9,
+    kv_heads=3,
+    head_dim=64,
+    ffn=1536,
+    vocab=49152,
+    seq=256,
+    micro_batch=8,
+)
+# the seed's job: Llama-3.1-8B → Minitron-4B-width (hidden 3072, MLP 9216, 32 layers), seq 8192
+SEED = dict(
+    hidden=4096,
+    teacher_layers=32,
+    student_layers=32,
+    student_hidden=3072,
+    student_ffn=9216,
+    heads=32,
+    kv_heads=8,
+    head_dim=128,
+    ffn=14336,
+    vocab=128256,
+    seq=8192,
+    micro_batch=1,
+    tie=False,
+)
+SHAPES = {"kd": FULL, "quickstart": QUICKSTART, "seed": SEED}
 TINY = dict(
     hidden=64,
     teacher_layers=4,
@@ -70,9 +100,22 @@ TINY = dict(
 )
 
 
-def llama_config(shape: dict, layers: int):
+def model_shape(shape: dict, role: str) -> dict:
+    """The teacher's or the student's own dimensions (a width-pruned student is narrower)."""
+    if role == "teacher":
+        return {**shape, "layers": shape["teacher_layers"]}
+    return {
+        **shape,
+        "layers": shape["student_layers"],
+        "hidden": shape.get("student_hidden", shape["hidden"]),
+        "ffn": shape.get("student_ffn", shape["ffn"]),
+    }
+
+
+def llama_config(shape: dict, layers: int, role: str = "teacher"):
     from transformers import LlamaConfig
 
+    shape = model_shape(shape, role)
     return LlamaConfig(
         vocab_size=shape["vocab"],
         hidden_size=shape["hidden"],
@@ -82,19 +125,21 @@ def llama_config(shape: dict, layers: int):
         num_key_value_heads=shape["kv_heads"],
         head_dim=shape["head_dim"],
         max_position_embeddings=max(shape["seq"], 2048),
-        tie_word_embeddings=True,
+        tie_word_embeddings=shape.get("tie", True),
         rope_theta=500000.0,
         use_cache=False,
     )
 
 
-def build_model(shape: dict, layers: int, dtype: torch.dtype, device: torch.device, seed: int):
+def build_model(shape: dict, role: str, dtype: torch.dtype, device: torch.device, seed: int):
+    """A random-initialised Llama of the shape's teacher or student dimensions."""
     from transformers import AutoModelForCausalLM
 
+    layers = shape[f"{role}_layers"]
     torch.manual_seed(seed)
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(
-            llama_config(shape, layers), attn_implementation="sdpa", dtype=dtype
+            llama_config(shape, layers, role), attn_implementation="sdpa", dtype=dtype
         )
     return model.to(device)
 
@@ -108,8 +153,8 @@ def matmul_parameters(model) -> int:
 
 def flops_per_token(shape: dict) -> dict:
     d_attn = shape["heads"] * shape["head_dim"]
-    teacher = matmul_parameters_from_shape(shape, shape["teacher_layers"])
-    student = matmul_parameters_from_shape(shape, shape["student_layers"])
+    teacher = matmul_parameters_from_shape(shape, shape["teacher_layers"], "teacher")
+    student = matmul_parameters_from_shape(shape, shape["student_layers"], "student")
     attention = (
         4 * shape["seq"] * d_attn * shape["teacher_layers"]
         + 12 * shape["seq"] * d_attn * shape["student_layers"]
@@ -121,11 +166,12 @@ def flops_per_token(shape: dict) -> dict:
     }
 
 
-def matmul_parameters_from_shape(shape: dict, layers: int) -> int:
+def matmul_parameters_from_shape(shape: dict, layers: int, role: str = "teacher") -> int:
+    shape = model_shape(shape, role)
     h, f, hd = shape["hidden"], shape["ffn"], shape["head_dim"]
     attention = h * shape["heads"] * hd * 2 + h * shape["kv_heads"] * hd * 2  # q, o; k, v
     mlp = 3 * h * f
-    return layers * (attention + mlp) + h * shape["vocab"]  # + LM head (tied to the embedding)
+    return layers * (attention + mlp) + h * shape["vocab"]  # + LM head
 
 
 def synchronize(device: torch.device) -> None:
@@ -175,14 +221,16 @@ def run_ours(shape, args, device, precision, data) -> dict:
         grad_clip=args.grad_clip,
         precision=precision,
         loss=LossConfig(kind="logits_kl", temperature=1.0, alpha=1.0),
-        compile=args.compile,
+        compile=args.ours_compile == "on",
+        cuda_graphs=args.ours_compile == "cuda_graphs",
+        activation_checkpointing=args.checkpointing,
     )
     teacher_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    student = build_model(shape, shape["student_layers"], torch.float32, device, seed=1)
-    teacher = build_model(shape, shape["teacher_layers"], teacher_dtype, device, seed=2)
+    student = build_model(shape, "student", torch.float32, device, seed=1)
+    teacher = build_model(shape, "teacher", teacher_dtype, device, seed=2)
     expected = (
-        matmul_parameters_from_shape(shape, shape["student_layers"]),
-        matmul_parameters_from_shape(shape, shape["teacher_layers"]),
+        matmul_parameters_from_shape(shape, shape["student_layers"], "student"),
+        matmul_parameters_from_shape(shape, shape["teacher_layers"], "teacher"),
     )
     assert (matmul_parameters(student), matmul_parameters(teacher)) == expected, (
         "FLOP count does not match the models"
@@ -194,15 +242,17 @@ def run_ours(shape, args, device, precision, data) -> dict:
 
 
 def run_baseline(shape, args, device, precision, data) -> dict:
-    student = build_model(shape, shape["student_layers"], torch.float32, device, seed=1).train()
+    student = build_model(shape, "student", torch.float32, device, seed=1).train()
     teacher = build_model(
         shape,
-        shape["teacher_layers"],
+        "teacher",
         torch.bfloat16 if precision == "bf16" else torch.float32,
         device,
         seed=2,
     ).eval()
     teacher.requires_grad_(False)
+    if args.baseline_checkpointing:
+        student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if args.compile:
         student.compile()
         teacher.compile()
@@ -257,9 +307,31 @@ def main(argv=None) -> int:
         "--tiny", action="store_true", help="tiny shapes on CPU (a smoke test of the script)"
     )
     parser.add_argument(
+        "--shape",
+        choices=sorted(SHAPES),
+        default="kd",
+        help="kd: 1.2B→0.75B at seq 2048 (default); quickstart: SmolLM2-135M → 20 layers at seq 256; seed: Llama-3.1-8B → Minitron-4B at seq 8192",
+    )
+    parser.add_argument(
         "--compile",
         action="store_true",
-        help="torch.compile both (ours: every decoder layer; baseline: whole models)",
+        help="torch.compile the baseline's models (ours: see --ours-compile)",
+    )
+    parser.add_argument(
+        "--ours-compile",
+        choices=["off", "on", "cuda_graphs"],
+        default=None,
+        help="our trainer: plain kernels (off), torch.compile (on) or CUDA graphs of plain kernels (cuda_graphs); default: on with --compile, else off",
+    )
+    parser.add_argument(
+        "--checkpointing",
+        action="store_true",
+        help="activation checkpointing in our trainer (resources.activation_checkpointing)",
+    )
+    parser.add_argument(
+        "--baseline-checkpointing",
+        action="store_true",
+        help="gradient checkpointing in the baseline (as a plain loop needs for the seed shape)",
     )
     parser.add_argument(
         "--steps", type=int, default=None, help="timed steps (default 10 on GPU, 3 with --tiny)"
@@ -281,7 +353,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
-    shape = dict(TINY if args.tiny else FULL)
+    shape = dict(TINY if args.tiny else SHAPES[args.shape])
+    if args.ours_compile is None:
+        args.ours_compile = "on" if args.compile else "off"
     if args.seq:
         shape["seq"] = args.seq
     if args.micro_batch:
@@ -324,6 +398,9 @@ def main(argv=None) -> int:
         "transformers": __import__("transformers").__version__,
         "precision": precision,
         "compile": args.compile,
+        "ours_compile": args.ours_compile,
+        "checkpointing": {"ours": args.checkpointing, "baseline": args.baseline_checkpointing},
+        "shape_name": "tiny" if args.tiny else args.shape,
         "shape": shape,
         "steps": args.steps,
         "warmup": args.warmup,

@@ -161,7 +161,7 @@ class TrainingSpec(StrictModel):
     checkpoint_interval: int | None = Field(
         default=None,
         ge=1,
-        description="Save a resumable checkpoint every this many steps (default: `val_interval`).",
+        description="Save a resumable checkpoint every this many steps (default: the smallest multiple of `val_interval` that gives about four checkpoints before the final one). The torch engine writes them in a background thread on a GPU.",
     )
 
 
