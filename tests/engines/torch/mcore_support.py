@@ -19,10 +19,6 @@ import tempfile
 
 import torch
 
-# ModelOpt versions known to run here (no TransformerEngine): 0.44+ import it unconditionally
-MODELOPT_RANGE = ">=0.40,<0.44"
-
-
 # --------------------------------------------------------------------------------------------
 # process group and ModelOpt set-up
 

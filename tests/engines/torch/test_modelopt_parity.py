@@ -22,8 +22,12 @@ Differences by design, checked as such rather than hidden:
 - **Query groups.** ModelOpt (since 0.41) no longer prunes ``num_query_groups``; we still can.
   The comparison keeps every group, so heads are pruned within groups on both sides.
 - **Depth pruning itself** is not run through ModelOpt here: its
-  ``drop_mcore_language_model_layers`` gathers layer counts with ``.cuda()`` tensors, so only the
-  scores and the layers they choose are compared on CPU.
+  ``drop_mcore_language_model_layers`` gathers layer counts with ``.cuda()`` tensors and an
+  ``all_gather_into_tensor`` of 0-d tensors that gloo refuses, so only the scores and the layers
+  they choose are compared on CPU.
+
+ModelOpt 0.44+ imports TransformerEngine unconditionally (no CPU wheel), hence 0.43 in the test
+extra; Megatron-Core 0.16 needs three CPU shims (``mcore_support.cpu_megatron``).
 """
 
 from __future__ import annotations
