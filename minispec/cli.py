@@ -292,10 +292,18 @@ def nemo() -> None:
 @nemo.command("logs")
 @click.argument("stage_name", metavar="STAGE")
 @click.option("--params", "params_file", default="params.yaml", show_default=True, help=PARAMS_HELP)
+@click.option(
+    "--flavor",
+    type=click.Choice(["nemo2", "legacy", "bridge"]),
+    default="nemo2",
+    show_default=True,
+    help="Whose TensorBoard tags to read: NeMo's (nemo2, legacy) or Megatron-Bridge's (bridge).",
+)
 @handle_errors
-def nemo_logs(stage_name: str, params_file: str) -> None:
+def nemo_logs(stage_name: str, params_file: str, flavor: str) -> None:
     """Turn NeMo's TensorBoard events of STAGE (finetune, distill@VARIANT) into loss curves and metrics."""
-    from minispec.engines.nemo.logs import convert_stage
+    from minispec.engines.nemo.bridge_runtime import BRIDGE_TAGS
+    from minispec.engines.nemo.logs import NEMO_TAGS, convert_stage
     from minispec.engines.torch.stages import load_params
 
     spec = load_params(Path.cwd(), params_file)
@@ -310,13 +318,17 @@ def nemo_logs(stage_name: str, params_file: str) -> None:
         Path.cwd(),
         global_batch_size=schedule.global_batch_size,
         seq_length=spec.data.seq_length,
+        tags=BRIDGE_TAGS if flavor == "bridge" else NEMO_TAGS,
     )
     click.echo(json.dumps(metrics, indent=2))
 
 
 @nemo.command("publish")
 @click.option(
-    "--flavor", type=click.Choice(["nemo2", "legacy"]), required=True, help="Checkpoint format."
+    "--flavor",
+    type=click.Choice(["nemo2", "legacy", "bridge"]),
+    required=True,
+    help="Checkpoint format (bridge: a Hugging Face directory).",
 )
 @click.argument("source", type=click.Path(path_type=Path))
 @click.argument("target", type=click.Path(path_type=Path))
@@ -345,6 +357,19 @@ def nemo_kd_config(output: Path, params_file: str) -> None:
 
     write_kd_config(load_params(Path.cwd(), params_file), output)
     click.echo(f"wrote {output}")
+
+
+@nemo.command("bridge-prune-metrics")
+@click.argument("variant")
+@click.option("--params", "params_file", default="params.yaml", show_default=True, help=PARAMS_HELP)
+@handle_errors
+def nemo_bridge_prune_metrics(variant: str, params_file: str) -> None:
+    """Flavor bridge: sizes and validation loss of the student prune_minitron.py wrote for VARIANT."""
+    from minispec.engines.nemo.bridge_runtime import write_prune_metrics
+    from minispec.engines.torch.stages import load_params
+
+    metrics = write_prune_metrics(load_params(Path.cwd(), params_file), variant, Path.cwd())
+    click.echo(json.dumps(metrics, indent=2))
 
 
 @nemo.command("evaluate-logs")

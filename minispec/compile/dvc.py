@@ -276,8 +276,13 @@ def verify_group(group: dict[str, Any], entries: dict[str, dict[str, Any]]) -> N
 
 
 def normalized(entry: dict[str, Any]) -> dict[str, Any]:
-    """Padding repeats deps/params entries; DVC sees the same set."""
-    return {k: sorted(set(v)) if k in PADDABLE else v for k, v in entry.items()}
+    """Padding repeats deps/params entries; DVC sees the same set. Commands of variants with
+    different numbers of commands are joined with ``&&`` (:func:`slot_strings`): DVC runs a
+    list in order and stops at the first failure, which is what ``&&`` does."""
+    out = {k: sorted(set(v)) if k in PADDABLE else v for k, v in entry.items()}
+    if isinstance(out.get("cmd"), list):
+        out["cmd"] = " && ".join(out["cmd"])
+    return out
 
 
 def resolve_keyed(template: Any, key: str, item: dict[str, Any]) -> Any:

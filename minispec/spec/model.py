@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 SCHEMA_ID = "https://minispec.dev/schemas/minispec.schema.json"
 SPEC_VERSION = 1
@@ -264,6 +264,16 @@ class WidthPrune(StrictModel):
     target_num_query_groups: int | None = Field(
         default=None, ge=1, description="Key/value heads (GQA query groups) after pruning."
     )
+    target_params: int | None = Field(
+        default=None,
+        ge=1,
+        description=(
+            "A parameter budget instead of target sizes (engine `nemo`, flavor `bridge` only): "
+            "ModelOpt's Minitron NAS (`prune_minitron.py --prune_target_params`) picks hidden, "
+            "FFN, head and layer counts that fit it, scoring candidates on MMLU (read from the "
+            "Hugging Face Hub). Exclusive with the `target_*` sizes."
+        ),
+    )
     importance: Literal["activation", "magnitude", "random"] = Field(
         default="activation",
         description="`activation`: Minitron's activation importance on calibration data; `magnitude`: weight norms; `random`: a seeded baseline.",
@@ -378,12 +388,16 @@ class SlurmSpec(StrictModel):
     time: str | None = Field(default=None, description="Time limit (`--time`, e.g. `04:00:00`).")
 
 
+NEMO2_IMAGE = "nvcr.io/nvidia/nemo:25.04"  # still has NeMo 2's scripts/llm (deprecated from 25.11)
+BRIDGE_IMAGE = "nvcr.io/nvidia/nemo:26.06"  # the container Model-Optimizer's README names
+
+
 class NemoSpec(StrictModel):
     """Settings of the scale-out `nemo` engine (ignored by the torch engine)."""
 
-    flavor: Literal["nemo2", "legacy"] = Field(
+    flavor: Literal["nemo2", "legacy", "bridge"] = Field(
         default="nemo2",
-        description="`nemo2`: NeMo 2 scripts (`scripts/llm/gpt_prune.py`, `gpt_train.py`); `legacy`: the NeMo 1 `megatron_gpt_*.py` commands of the original tutorial.",
+        description="`nemo2`: NeMo 2 scripts (`scripts/llm/gpt_prune.py`, `gpt_train.py`; containers up to 25.09); `legacy`: the NeMo 1 `megatron_gpt_*.py` commands of the original tutorial; `bridge`: Model-Optimizer's Megatron-Bridge scripts (`examples/megatron_bridge/prune_minitron.py`, `distill.py`) on Hugging Face checkpoints, NVIDIA's maintained Minitron path in current containers.",
     )
     root: str = Field(
         default="/opt/NeMo", min_length=1, description="NeMo checkout inside the container."
@@ -393,10 +407,26 @@ class NemoSpec(StrictModel):
         description="`local`: torchrun on this machine (inside the container); `docker`: wrap each stage in `docker run`; `slurm`: `srun` each stage.",
     )
     image: str = Field(
-        default="nvcr.io/nvidia/nemo:25.04", min_length=1, description="NeMo container image."
+        default=NEMO2_IMAGE,
+        min_length=1,
+        description=f"NeMo container image (default: `{NEMO2_IMAGE}` for flavors nemo2 and legacy, `{BRIDGE_IMAGE}` for bridge).",
+    )
+    modelopt_root: str = Field(
+        default="/opt/Model-Optimizer",
+        min_length=1,
+        description="Model-Optimizer checkout inside the container (flavor `bridge`: its `examples/megatron_bridge` scripts run from there).",
     )
     shm_size: str = Field(default="16g", description="`docker run --shm-size`.")
     slurm: SlurmSpec = Field(default_factory=SlurmSpec, description="Slurm settings.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _image_of_flavor(cls, data):
+        """An unset image follows the flavor: NeMo 2's LLM collection left the container in
+        25.11, and Model-Optimizer's Megatron-Bridge scripts need a current one."""
+        if isinstance(data, dict) and data.get("flavor") == "bridge" and "image" not in data:
+            return {**data, "image": BRIDGE_IMAGE}
+        return data
 
 
 def _spec_schema_extra(schema: dict) -> None:

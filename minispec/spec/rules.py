@@ -228,6 +228,8 @@ def width_variants(loaded: LoadedSpec) -> Iterator[Problem]:
     shapes = teacher_shapes(loaded)
     for name, variant in loaded.spec.width_variants.items():
         base = ("prune", name)
+        if variant.target_params is not None:
+            continue  # a parameter budget: ModelOpt's search picks the sizes (engines/nemo/bridge_lint)
         if all(getattr(variant, target) is None for target, _, _ in WIDTH_TARGETS):
             yield loaded.locate(
                 base,
@@ -604,6 +606,10 @@ def nemo_engine(loaded: LoadedSpec) -> Iterator[Problem]:
         from minispec.engines.nemo import lint as nemo_lint
 
         yield from nemo_lint.check(loaded)
+    else:  # a parameter budget is flavor bridge's: refused for the torch engine too
+        from minispec.engines.nemo.bridge_lint import check_any_engine
+
+        yield from check_any_engine(loaded)
 
 
 # --------------------------------------------------------------------------------------------

@@ -16,6 +16,8 @@ Flavors:
   (``megatron_gpt_pretraining.py --config-name megatron_llama_distill.yaml``,
   ``megatron_gpt_drop_layers.py``, ``megatron_gpt_prune.py``, ``megatron_gpt_distillation.py``)
   on ``.nemo`` files.
+- ``bridge``: Model-Optimizer's Megatron-Bridge scripts on HF checkpoints, in
+  :mod:`minispec.engines.nemo.bridge`.
 
 Each training, pruning and import stage writes into its NeMo run directory
 (:func:`minispec.layout.nemo_run_dir`) and then ``minispec nemo publish`` moves the finished
@@ -87,6 +89,10 @@ def commands_for(spec: Spec, step: str, variant: str | None = None) -> list[Comm
         raise CompileError(f"stage '{step}' {need}")
     if variant is not None and step in ("prune", "distill") and variant not in spec.prune:
         raise CompileError(f"'{variant}' is not a prune variant of the spec")
+    if spec.nemo_settings.flavor == "bridge":  # Model-Optimizer's scripts: their own module
+        from minispec.engines.nemo import bridge
+
+        return bridge.commands_for(spec, step, variant)
     builder = _BUILDERS[(spec.nemo_settings.flavor, step)]
     return builder(spec, variant) if step in STEPS_WITH_VARIANT else builder(spec)
 

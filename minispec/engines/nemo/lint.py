@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from minispec.engines.nemo import kd
+from minispec.engines.nemo import bridge_lint, kd
 from minispec.engines.nemo.shapes import TeacherShapes, teacher_shapes
 from minispec.errors import Problem
 from minispec.sources import parse_source
@@ -158,6 +158,8 @@ def pruning(loaded) -> Iterator[Problem]:
                 f"NeMo prunes width by Minitron's activation importance only, not '{variant.importance}'",
                 hint="set importance: activation, or use engine: torch",
             )
+        if spec.nemo_settings.flavor == "bridge":
+            continue  # ModelOpt prunes heads within groups, never groups (bridge_lint)
         if (variant.target_num_attention_heads is None) != (
             variant.target_num_query_groups is None
         ):
@@ -179,6 +181,8 @@ def distillation(loaded) -> Iterator[Problem]:
         return
     loss = spec.distill.loss
     base = ("distill", "loss")
+    if spec.nemo_settings.flavor == "bridge":
+        return  # distill.py's own limits: bridge_lint.distillation_loss
     if spec.nemo_settings.flavor == "legacy":
         reasons = {
             "kind": loss.kind != "logits_kl",
@@ -262,4 +266,5 @@ RULES = [
     distillation,
     training_settings,
     flavor_legacy,
+    *bridge_lint.RULES,
 ]

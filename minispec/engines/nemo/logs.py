@@ -39,6 +39,18 @@ EVENT_GLOB = "events.out.tfevents.*"
 
 
 @dataclass(frozen=True)
+class LogTags:
+    """The TensorBoard tags of a flavor's training loss, validation loss and learning rate."""
+
+    train_loss: str = TRAIN_LOSS_TAG
+    val_loss: str = VAL_LOSS_TAG
+    lr: str = LR_TAG
+
+
+NEMO_TAGS = LogTags()
+
+
+@dataclass(frozen=True)
 class Point:
     step: int
     wall_time: float  # seconds since the epoch
@@ -79,10 +91,16 @@ def dvclive_tsv(points: list[Point], name: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def summarize(scalars: dict[str, list[Point]], *, global_batch_size: int, seq_length: int) -> dict:
+def summarize(
+    scalars: dict[str, list[Point]],
+    *,
+    global_batch_size: int,
+    seq_length: int,
+    tags: LogTags = NEMO_TAGS,
+) -> dict:
     """``metrics/<stage>.json`` of a NeMo training run (same keys as the torch engine's)."""
-    train = scalars.get(TRAIN_LOSS_TAG, [])
-    val = scalars.get(VAL_LOSS_TAG, [])
+    train = scalars.get(tags.train_loss, [])
+    val = scalars.get(tags.val_loss, [])
     steps = len(train)  # one point per optimizer step (log_interval 1)
     tokens_per_step = global_batch_size * seq_length
     throughput = None
@@ -107,7 +125,14 @@ def _perplexity(loss: float) -> float | None:
     return math.exp(loss) if loss < 700 else None  # exp overflows a float beyond ~709
 
 
-def convert_stage(stage: str, root: Path, *, global_batch_size: int, seq_length: int) -> dict:
+def convert_stage(
+    stage: str,
+    root: Path,
+    *,
+    global_batch_size: int,
+    seq_length: int,
+    tags: LogTags = NEMO_TAGS,
+) -> dict:
     """Read the stage's NeMo run directory and write its curves, event copies and metrics."""
     run_dir = root / layout.nemo_run_dir(stage)
     if not event_files(run_dir):
@@ -115,20 +140,22 @@ def convert_stage(stage: str, root: Path, *, global_batch_size: int, seq_length:
             f"no TensorBoard event files under {run_dir}",
             hint="the NeMo training command of this stage must run first (and log to TensorBoard)",
         )
-    scalars = read_scalars(run_dir)
-    if not scalars[TRAIN_LOSS_TAG]:
-        raise StageError(f"NeMo's event files under {run_dir} hold no '{TRAIN_LOSS_TAG}' scalars")
+    scalars = read_scalars(run_dir, (tags.train_loss, tags.val_loss, tags.lr))
+    if not scalars[tags.train_loss]:
+        raise StageError(f"the event files under {run_dir} hold no '{tags.train_loss}' scalars")
     write_text_atomic(
-        root / layout.train_curve_path(stage), dvclive_tsv(scalars[TRAIN_LOSS_TAG], "loss")
+        root / layout.train_curve_path(stage), dvclive_tsv(scalars[tags.train_loss], "loss")
     )
     write_text_atomic(
-        root / layout.val_curve_path(stage), dvclive_tsv(scalars[VAL_LOSS_TAG], "loss")
+        root / layout.val_curve_path(stage), dvclive_tsv(scalars[tags.val_loss], "loss")
     )
-    if scalars[LR_TAG]:
+    if scalars[tags.lr]:
         lr_path = Path(layout.train_curve_path(stage)).with_name("lr.tsv")
-        write_text_atomic(root / lr_path, dvclive_tsv(scalars[LR_TAG], "lr"))
+        write_text_atomic(root / lr_path, dvclive_tsv(scalars[tags.lr], "lr"))
     _copy_events(run_dir, root / layout.tensorboard_dir(stage) / "nemo")
-    metrics = summarize(scalars, global_batch_size=global_batch_size, seq_length=seq_length)
+    metrics = summarize(
+        scalars, global_batch_size=global_batch_size, seq_length=seq_length, tags=tags
+    )
     write_json_atomic(root / layout.metrics_path(stage), metrics)
     return metrics
 
@@ -203,6 +230,13 @@ def publish(source: str | Path, target: str | Path, flavor: str) -> Path:
         found = find_legacy_checkpoint(source)
         with atomic_dir(target) as tmp:
             _transfer(found, tmp / layout.NEMO_LEGACY_FILE, move=found == source)
+    elif flavor == "bridge":
+        from minispec.engines.nemo.bridge_runtime import find_hf_checkpoint
+
+        found = find_hf_checkpoint(source)
+        with atomic_dir(target) as tmp:
+            for child in found.iterdir():
+                _transfer(child, tmp / child.name, move=found == source)
     else:
         found = find_nemo2_checkpoint(source)
         with atomic_dir(target) as tmp:
