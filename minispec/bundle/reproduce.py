@@ -26,13 +26,16 @@ from pathlib import Path
 from typing import Any
 
 from minispec import layout
-from minispec.bundle import dvchash
+from minispec.bundle import dvchash, trust
 from minispec.bundle.archive import BundleError, safe_extract
 from minispec.bundle.create import LOCK_FILE, PIPELINE, PIPELINE_FILES
 from minispec.bundle.verify import verify_bundle
 from minispec.errors import PipelineError
 
 TIMING = re.compile(r"(per_second|seconds|latency|throughput|duration|elapsed|(^|_)time$)")
+# how a run came about, not what it produced: a run resumed after a kill records the step it
+# resumed from; a rerun from scratch has none
+PROVENANCE = re.compile(r"^resumed_from")
 
 
 def run_pipeline(workspace: Path) -> None:
@@ -90,7 +93,7 @@ class MetricDiff:
     key: str
     old: Any
     new: Any
-    status: str  # same | within | differs | timing | missing | added
+    status: str  # same | within | differs | timing | provenance | missing | added
 
     @property
     def fails(self) -> bool:
@@ -134,7 +137,9 @@ def compare_metrics(
         before, after = old.get(file, {}), new.get(file, {})
         for key in sorted(set(before) | set(after)):
             a, b = before.get(key), after.get(key)
-            if key not in after:
+            if PROVENANCE.search(key.rsplit(".", 1)[-1]) and a != b:
+                status = "provenance"
+            elif key not in after:
                 status = "missing"
             elif key not in before:
                 status = "added"
@@ -165,7 +170,7 @@ class ReproduceResult:
     @property
     def ok(self) -> bool:
         return not any(d.fails for d in self.metrics) and any(
-            d.status != "added" for d in self.metrics
+            d.status not in ("added", "provenance") for d in self.metrics
         )
 
 
@@ -201,6 +206,7 @@ def reproduce_bundle(
 
     workspace = directory / "workspace"
     build_workspace(recorded, workspace, lock, verified.manifest, unpacked)
+    check_workspace_commands(workspace)
     init_dvc(workspace)
     (runner or run_pipeline)(workspace)
 
@@ -226,8 +232,11 @@ def build_workspace(
         if (recorded / name).is_file():
             shutil.copy2(recorded / name, workspace / name)
     spec_file = manifest.get("spec_file")
-    if spec_file and (unpacked / spec_file).is_file():
+    if spec_file and not trust.manifest_problems(manifest) and (unpacked / spec_file).is_file():
         shutil.copy2(unpacked / spec_file, workspace / Path(spec_file).name)
+    problems = trust.lock_problems(lock)  # verify said so too; the copy below relies on it
+    if problems:
+        raise BundleError("\n  ".join(["the bundle's paths leave the workspace:", *problems]))
     missing = []
     for dep in lock.source_deps():
         source = recorded / dep.path
@@ -242,6 +251,19 @@ def build_workspace(
             "inputs outside the pipeline directory are not in the bundle and not found from "
             f"{workspace}: {', '.join(sorted(missing))}",
             hint="make them available at the same paths (absolute paths in the spec make this easy), then rerun",
+        )
+
+
+def check_workspace_commands(workspace: Path) -> None:
+    """Right before DVC runs: the workspace's dvc.yaml is what minispec compiles from its params."""
+    problems = trust.command_problems(
+        (workspace / layout.DVC_FILE).read_text(encoding="utf-8"),
+        (workspace / layout.PARAMS_FILE).read_text(encoding="utf-8"),
+    )
+    if problems:
+        raise BundleError(
+            "refusing to run the bundle's pipeline:\n  " + "\n  ".join(problems),
+            hint="only pipelines minispec compiled from the bundled spec are reproduced",
         )
 
 
