@@ -418,14 +418,21 @@ def bundle() -> None:
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     help="Pipeline directory (where dvc.yaml and dvc.lock are).",
 )
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Replace an existing bundle file (never a file of the pipeline itself).",
+)
 @handle_errors
 def bundle_create(
-    output: Path, with_artifacts: bool, spec_file: Path | None, directory: Path
+    output: Path, with_artifacts: bool, spec_file: Path | None, directory: Path, force: bool
 ) -> None:
     """Pack spec, pipeline, dvc.lock, environment, metrics, plots and logs with a sha256 manifest."""
     from minispec.bundle import create_bundle
 
-    summary = create_bundle(directory, output, with_artifacts=with_artifacts, spec_file=spec_file)
+    summary = create_bundle(
+        directory, output, with_artifacts=with_artifacts, spec_file=spec_file, force=force
+    )
     click.echo(f"wrote {summary.path} ({summary.files} files, {summary.bytes:,} bytes)")
     if summary.spec_file is None:
         click.echo(
