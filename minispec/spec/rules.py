@@ -699,6 +699,10 @@ def _exists(path: str | None) -> bool:
 def seq_length(loaded: LoadedSpec) -> Iterator[Problem]:
     positions = _known(teacher_shapes(loaded), "max_position_embeddings")
     value = loaded.spec.data.seq_length
+    if positions is not None and value > positions[0] and not loaded.is_set(("data", "seq_length")):
+        # the default is a length, not a choice the user made: it follows the teacher
+        loaded.spec.data.seq_length = positions[0]
+        return
     if positions is not None and value > positions[0]:
         yield loaded.locate(
             ("data", "seq_length"),
