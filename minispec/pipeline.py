@@ -31,7 +31,7 @@ from minispec import layout
 from minispec.compile import CompiledPipeline, compile_pipeline, drift, write_pipeline
 from minispec.compile.graph import TRAINING_STEPS, Stage, owner_of, upstream_closure
 from minispec.errors import PipelineError
-from minispec.runlock import LOCK_NAME, holding_run_lock
+from minispec.runlock import holding_run_lock
 from minispec.shell import join as shell_join
 from minispec.spec.load import LoadedSpec
 
@@ -117,7 +117,7 @@ def ensure_repo(out_dir: Path, echo: Echo) -> Path:
 
 # Outputs DVC leaves to git that do not belong there: resumable training state (large, not
 # cached on purpose) and the stage logs minispec writes.
-GIT_IGNORED = ("/" + layout.CHECKPOINTS_DIR + "/", "/" + layout.LOGS_DIR + "/*.log", "/" + LOCK_NAME)
+GIT_IGNORED = ("/" + layout.CHECKPOINTS_DIR + "/", "/" + layout.LOGS_DIR + "/*.log")
 
 
 def ensure_gitignore(out_dir: Path) -> None:

@@ -248,6 +248,8 @@ def _width_against_teacher(
         if value is None or known is None or value < known[0]:
             continue
         same = value == known[0]
+        if same and _nemo_keeps_groups(loaded, variant, target):
+            continue
         yield loaded.locate(
             base + (target,),
             f"{target} {value} is not smaller than the teacher's {what} {known[0]}",
@@ -255,6 +257,16 @@ def _width_against_teacher(
             if same
             else f"the teacher's {what} is {known[0]} ({known[1]})",
         )
+
+
+def _nemo_keeps_groups(loaded: LoadedSpec, variant: WidthPrune, target: str) -> bool:
+    """NeMo prunes heads and query groups together: with heads pruned, the teacher's number of
+    query groups is how a nemo spec says "keep them" (engines/nemo/lint.py asks for it)."""
+    return (
+        target == "target_num_query_groups"
+        and loaded.spec.engine == "nemo"
+        and variant.target_num_attention_heads is not None
+    )
 
 
 def _llama_hidden_per_head(
