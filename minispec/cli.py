@@ -38,6 +38,8 @@ def handle_errors(func):
         except KeyboardInterrupt:
             click.echo("error: interrupted", err=True)
             sys.exit(130)
+        except BrokenPipeError:
+            reader_went_away()
         except Exception as exc:  # an unexpected failure: say so briefly unless --verbose
             if verbose:
                 raise
@@ -48,6 +50,13 @@ def handle_errors(func):
             sys.exit(EXIT_FAILURE)
 
     return wrapper
+
+
+def reader_went_away() -> None:
+    """`minispec status | head`: the reader closed the pipe; stop quietly, as SIGPIPE would."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())  # the flush at exit must not fail again
+    sys.exit(128 + 13)  # what a shell shows for a process ended by SIGPIPE
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -1,4 +1,4 @@
-"""A second `minispec run` in a directory where one is running refuses at once and changes nothing."""
+"""`minispec run` and `status` against careless use: a second run, DVC busy, SIGINT, odd --out, closed pipes."""
 
 from __future__ import annotations
 
@@ -133,3 +133,25 @@ def test_an_out_dir_with_braces_is_refused_before_dvc_runs(tmp_path):
     assert result.returncode != 0
     assert "DVC cannot run a pipeline in a directory whose path holds '{' or '}'" in result.stderr
     assert not out.exists()
+
+
+def test_status_into_a_closed_pipe_stops_quietly(tmp_path):
+    """`minispec status | head -1`: once the reader is gone, no BrokenPipeError, no traceback."""
+    import os
+    import subprocess
+    import sys
+
+    from pipeline_harness import env
+
+    read, write = os.pipe()
+    os.close(read)  # the reader (head) has exited
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "minispec", "status", str(QUICKSTART), "--out", str(tmp_path)],
+            cwd=tmp_path, env=env(), stdout=write, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+    finally:
+        os.close(write)
+    assert "BrokenPipe" not in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr == ""
+    assert result.returncode == 141
