@@ -487,13 +487,22 @@ def bundle_verify(file: Path) -> None:
     type=click.FloatRange(min=0),
     help="Absolute tolerance for metrics.",
 )
+@click.option(
+    "--trust-remote-code",
+    is_flag=True,
+    help="Allow a bundle whose spec sets teacher.trust_remote_code: true (runs the teacher repository's code).",
+)
 @handle_errors
-def bundle_reproduce(file: Path, directory: Path | None, rtol: float, atol: float) -> None:
+def bundle_reproduce(
+    file: Path, directory: Path | None, rtol: float, atol: float, trust_remote_code: bool
+) -> None:
     """Verify FILE, rerun its pipeline in a fresh workspace and diff the metrics (exit 1 when they differ)."""
     from minispec.bundle.reproduce import format_result, reproduce_bundle
 
     ctx = click.get_current_context()
-    result = reproduce_bundle(file, directory, rtol=rtol, atol=atol)
+    result = reproduce_bundle(
+        file, directory, rtol=rtol, atol=atol, trust_remote_code=trust_remote_code
+    )
     click.echo(format_result(result, verbose=(ctx.find_root().obj or {}).get("verbose", False)))
     if not result.ok:
         click.echo(

@@ -194,10 +194,13 @@ def reproduce_bundle(
     rtol: float = 0.0,
     atol: float = 0.0,
     runner: Callable[[Path], None] | None = None,
+    trust_remote_code: bool = False,
 ) -> ReproduceResult:
     """Rerun ``bundle`` in ``directory`` (fresh); ``runner(workspace)`` runs the pipeline
-    (default :func:`run_pipeline`)."""
+    (default :func:`run_pipeline`). A bundle whose spec enables ``teacher.trust_remote_code``
+    is refused unless the caller passes ``trust_remote_code`` too."""
     verified = verify_bundle(bundle).raise_for_problems()
+    refuse_remote_code(verified, trust_remote_code)
     directory = prepare_directory(directory)
     unpacked = directory / "bundle"
     safe_extract(bundle, unpacked)
@@ -251,6 +254,20 @@ def build_workspace(
             "inputs outside the pipeline directory are not in the bundle and not found from "
             f"{workspace}: {', '.join(sorted(missing))}",
             hint="make them available at the same paths (absolute paths in the spec make this easy), then rerun",
+        )
+
+
+def refuse_remote_code(verified, allowed: bool) -> None:
+    """The bundle's author chose trust_remote_code; the person reproducing must choose it too."""
+    from minispec.bundle.verify import PARAMS_MEMBER
+    from minispec.spec.load import parse_yaml
+
+    params, _ = parse_yaml(verified.contents[PARAMS_MEMBER].decode("utf-8"), layout.PARAMS_FILE)
+    teacher = params.get("teacher") if isinstance(params, dict) else None
+    if isinstance(teacher, dict) and teacher.get("trust_remote_code") is True and not allowed:
+        raise BundleError(
+            f"{verified.path}: the bundled spec sets teacher.trust_remote_code: true, so reproducing it would run Python code from the teacher's repository ({teacher.get('source')}); refused",
+            hint="pass --trust-remote-code if you trust that repository",
         )
 
 

