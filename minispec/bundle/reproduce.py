@@ -243,7 +243,7 @@ def build_workspace(
     missing = []
     for dep in lock.source_deps():
         source = recorded / dep.path
-        if not Path(dep.path).is_absolute() and source.exists():
+        if not trust.is_external(dep.path) and source.exists():  # inside: lock_problems checked
             target = workspace / dep.path
             target.parent.mkdir(parents=True, exist_ok=True)
             (shutil.copytree if source.is_dir() else shutil.copy2)(source, target)

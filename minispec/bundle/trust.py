@@ -6,9 +6,11 @@ wrote the bundle. What protects a machine that reproduces a stranger's bundle:
 - **commands**: the bundled ``dvc.yaml`` must be exactly what this minispec compiles from the
   bundled ``params.yaml`` (validated as a spec); the first difference is named and the bundle
   refused. DVC then runs only commands minispec wrote.
-- **paths**: every path the bundle names (``dvc.lock`` deps and outs, manifest fields, local
-  paths in ``params.yaml``) is relative and stays inside the workspace once normalized, outside
-  ``.dvc``/``.git``. Absolute deps and inputs are external inputs: never copied, only looked for.
+- **paths**: every path the bundle writes to or copies from (``dvc.lock`` outs and deps,
+  manifest fields) is relative, normalized and inside the workspace, outside ``.dvc``/``.git``.
+  Inputs outside the pipeline directory (absolute, or leading ``../`` as a spec beside its data
+  compiles to) are never copied or written, only looked for where the original run had them;
+  a path with ``..`` inside it is a forgery (DVC and minispec write normalized paths).
 
 ``verify`` reports these problems with the others; ``reproduce`` checks them again on the
 unpacked workspace right before DVC runs.
@@ -47,14 +49,35 @@ def escapes(path: str) -> str | None:
     return None
 
 
+def is_external(path: str) -> bool:
+    """An input outside the pipeline directory: absolute, or a normalized path leading up with
+    ``../`` (a spec beside the data, compiled with --out runs/x). Never copied or written;
+    reproduce looks for it at the same place relative to the workspace, as the original run did."""
+    text = path.replace("\\", "/")
+    normalized = posixpath.normpath(text)
+    return text.startswith("/") or (
+        normalized == text.rstrip("/") and (normalized == ".." or normalized.startswith("../"))
+    )
+
+
+def input_problem(path: str) -> str | None:
+    """Why a dep or input path is refused: forged (not normalized), or in DVC's/git's files."""
+    if not isinstance(path, str) or "\x00" in path:
+        return "not a path"
+    if is_external(path):
+        return None
+    text = path.replace("\\", "/").rstrip("/")
+    if posixpath.normpath(text) != text:
+        return "'..' or '.' inside the path would lead outside the workspace (DVC and minispec write normalized paths)"
+    return escapes(path)
+
+
 def lock_problems(lock: Lock) -> list[str]:
-    """Every out must stay in the workspace; deps too, unless absolute (external inputs, read only)."""
+    """Every out must stay in the workspace; deps too, unless external inputs (read only)."""
     problems = []
     for kind, entries in (("out", lock.outs), ("dep", lock.deps)):
         for entry in entries:
-            if kind == "dep" and Path(entry.path).is_absolute() and "\x00" not in entry.path:
-                continue
-            why = escapes(entry.path)
+            why = escapes(entry.path) if kind == "out" else input_problem(entry.path)
             if why:
                 problems.append(
                     f"{PIPELINE}/dvc.lock: {kind} {entry.path!r} of stage '{entry.stage}': {why}; refused"
@@ -116,8 +139,8 @@ def params_path_problems(params: dict[str, Any]) -> list[str]:
             local = parse_source(value).is_local
         except Exception:  # an invalid source is the spec validation's problem
             continue
-        if local and not Path(value).is_absolute():
-            why = escapes(value)
+        if local:
+            why = input_problem(value)
             if why:
                 problems.append(f"{PIPELINE}/params.yaml: {'.'.join(key)} {value!r}: {why}; refused")
     return problems

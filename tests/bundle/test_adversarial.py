@@ -191,7 +191,7 @@ CASES = {
                 b"    - path: a/../../../bundle/pipeline/payload\n      md5: 0123abcd\n      size: 1\n",
             },
         ),
-        ["dep 'a/../../../bundle/pipeline/payload'", "outside the workspace"],
+        ["dep 'a/../../../bundle/pipeline/payload'", "would lead outside the workspace"],
     ),
     "lock out absolute": (
         lambda b, t: edited(
@@ -241,9 +241,9 @@ CASES = {
         lambda b, t: edited(
             b,
             t / "x.tar.gz",
-            consistent_params(b, lambda p: p["data"].update(source="../../../etc")),
+            consistent_params(b, lambda p: p["data"].update(source="corpus/../../../etc")),
         ),
-        ["data.source '../../../etc'", "outside the workspace"],
+        ["data.source 'corpus/../../../etc'", "would lead outside the workspace"],
     ),
     "manifest outs traversal": (
         lambda b, t: edited(b, t / "x.tar.gz", {}, manifest_edits={"outs": ["../../etc"]}),
@@ -407,3 +407,16 @@ def test_remote_code_needs_the_reproducers_consent(base, tmp_path):
     assert "sets teacher.trust_remote_code: true" in result.output
     assert "--trust-remote-code" in result.output
     assert not directory.exists()
+
+
+def test_inputs_outside_the_pipeline_directory_stay_allowed(base, tmp_path):
+    """`--out runs/x` with the data beside the spec compiles to `../../data`: a genuine bundle
+    of such a run verifies; its inputs are looked for, never copied or written."""
+    lock = (
+        b"schema: '2.0'\nstages:\n  data:\n    cmd: minispec stage data\n    deps:\n"
+        b"    - path: ../../data/train.jsonl\n      hash: md5\n      md5: 0123abcd\n      size: 1\n"
+    )
+    edits = consistent_params(base, lambda p: p["data"].update(source="../../data"))
+    bundle = edited(base, tmp_path / "outside.tar.gz", {**edits, "pipeline/dvc.lock": lock})
+    result = verify_bundle(bundle)
+    assert result.ok, result.problems
