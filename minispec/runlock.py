@@ -20,6 +20,7 @@ from pathlib import Path
 
 from minispec.errors import PipelineError
 
+
 @contextlib.contextmanager
 def run_lock(out_dir: Path) -> Iterator[Path]:
     """Hold the run lock of ``out_dir`` or raise PipelineError at once.

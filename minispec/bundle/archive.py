@@ -174,7 +174,9 @@ def iter_members(path: Path) -> Iterator[tuple[str, tarfile.TarInfo, BinaryIO | 
 def safe_extract(path: Path, dest: Path) -> list[str]:
     """Extract every member of ``path`` below ``dest`` after checking all of them first."""
     dest = Path(dest)
-    listed = [(name, member.size) for name, member, _ in iter_members(path)]  # refuse before writing
+    listed = [
+        (name, member.size) for name, member, _ in iter_members(path)
+    ]  # refuse before writing
     names = [name for name, _ in listed]
     dest.mkdir(parents=True, exist_ok=True)
     need, free = sum(size for _, size in listed), shutil.disk_usage(dest).free

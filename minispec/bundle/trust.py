@@ -19,7 +19,6 @@ unpacked workspace right before DVC runs.
 from __future__ import annotations
 
 import posixpath
-from pathlib import Path
 from typing import Any
 
 from minispec import layout
@@ -90,7 +89,9 @@ def manifest_problems(manifest: dict[str, Any]) -> list[str]:
     problems = []
     where = "manifest.json"
     if manifest.get("pipeline_dir", PIPELINE) != PIPELINE:
-        problems.append(f"{where}: pipeline_dir {manifest.get('pipeline_dir')!r} must be {PIPELINE!r}")
+        problems.append(
+            f"{where}: pipeline_dir {manifest.get('pipeline_dir')!r} must be {PIPELINE!r}"
+        )
     if manifest.get("resolved_spec", RESOLVED_SPEC) != RESOLVED_SPEC:
         problems.append(
             f"{where}: resolved_spec {manifest.get('resolved_spec')!r} must be {RESOLVED_SPEC!r}"
@@ -142,7 +143,9 @@ def params_path_problems(params: dict[str, Any]) -> list[str]:
         if local:
             why = input_problem(value)
             if why:
-                problems.append(f"{PIPELINE}/params.yaml: {'.'.join(key)} {value!r}: {why}; refused")
+                problems.append(
+                    f"{PIPELINE}/params.yaml: {'.'.join(key)} {value!r}: {why}; refused"
+                )
     return problems
 
 
@@ -156,7 +159,9 @@ def command_problems(dvc_text: str, params_text: str) -> list[str]:
     try:
         compiled = compile_params(params_text)
     except Exception as exc:  # invalid params: nothing to compile, so nothing may run
-        return [f"{PIPELINE}/params.yaml: not a spec minispec can compile ({_one_line(exc)}); refused"]
+        return [
+            f"{PIPELINE}/params.yaml: not a spec minispec can compile ({_one_line(exc)}); refused"
+        ]
     body = split_header(dvc_text)[1]
     if body == compiled:
         return []

@@ -190,7 +190,9 @@ def _pipeline_problems(contents: dict[str, bytes]) -> list[str]:
     """The bundled dvc.yaml must be what minispec compiles from the bundled params.yaml."""
     missing = [name for name in (DVC_MEMBER, PARAMS_MEMBER) if name not in contents]
     if missing:
-        return [f"{name}: missing (a bundle always holds the compiled pipeline)" for name in missing]
+        return [
+            f"{name}: missing (a bundle always holds the compiled pipeline)" for name in missing
+        ]
     try:
         dvc_text = contents[DVC_MEMBER].decode("utf-8")
         params_text = contents[PARAMS_MEMBER].decode("utf-8")

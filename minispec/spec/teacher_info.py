@@ -295,7 +295,9 @@ def _parse_gguf(buffer: memoryview, path: Path) -> dict[str, Any]:
         cursor.take("Q")  # tensor count
         kv_count = cursor.take("Q")
         if kv_count > MAX_GGUF_KEYS:
-            raise _BadValueType(f"{kv_count:,} metadata keys declared (more than {MAX_GGUF_KEYS:,})")
+            raise _BadValueType(
+                f"{kv_count:,} metadata keys declared (more than {MAX_GGUF_KEYS:,})"
+            )
         metadata: dict[str, Any] = {}
         for _ in range(kv_count):
             key = cursor.string()

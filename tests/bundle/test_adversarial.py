@@ -168,7 +168,7 @@ CASES = {
         ),
         ["params.yaml: not a spec minispec can compile"],
     ),
-        "nemo option in params": (
+    "nemo option in params": (
         lambda b, t: edited(
             b,
             t / "x.tar.gz",
@@ -217,9 +217,7 @@ CASES = {
         ["dep '.dvc/config'", "belongs to DVC"],
     ),
     "spec_file absolute": (
-        lambda b, t: edited(
-            b, t / "x.tar.gz", {}, manifest_edits={"spec_file": "/etc/hostname"}
-        ),
+        lambda b, t: edited(b, t / "x.tar.gz", {}, manifest_edits={"spec_file": "/etc/hostname"}),
         ["spec_file '/etc/hostname'"],
     ),
     "spec_file traversal": (
@@ -354,10 +352,13 @@ def test_the_compiler_check_accepts_the_shipped_pipeline():
     """The repository's own dvc.yaml is exactly what minispec compiles from its params.yaml."""
     from minispec.bundle.trust import command_problems
 
-    assert command_problems(
-        (REPO / "dvc.yaml").read_text(encoding="utf-8"),
-        (REPO / "params.yaml").read_text(encoding="utf-8"),
-    ) == []
+    assert (
+        command_problems(
+            (REPO / "dvc.yaml").read_text(encoding="utf-8"),
+            (REPO / "params.yaml").read_text(encoding="utf-8"),
+        )
+        == []
+    )
 
 
 def test_uncompressed_size_cap(base, tmp_path, monkeypatch):

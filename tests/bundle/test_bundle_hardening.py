@@ -52,7 +52,9 @@ def test_an_existing_file_needs_force(project, tmp_path):
     target.write_text("precious")
     result = create(project, target)
     assert result.exit_code != 0
-    assert "already exists; refusing to overwrite it" in result.output and "--force" in result.output
+    assert (
+        "already exists; refusing to overwrite it" in result.output and "--force" in result.output
+    )
     assert target.read_text() == "precious"
     result = create(project, target, "--force")
     assert result.exit_code == 0, result.output

@@ -97,7 +97,15 @@ def test_sigint_to_minispec_alone_stops_dvc_at_once(tmp_path, wikitext_dir):
     for split in ("validation", "test"):
         shutil.copy(wikitext_dir / f"{split}.jsonl", corpus / f"{split}.jsonl")
     os.mkfifo(corpus / "train.jsonl")
-    command = [sys.executable, "-m", "minispec", "run", str(QUICKSTART), "--out", str(tmp_path / "run")]
+    command = [
+        sys.executable,
+        "-m",
+        "minispec",
+        "run",
+        str(QUICKSTART),
+        "--out",
+        str(tmp_path / "run"),
+    ]
     command += ["--set", f"data.source={corpus}"]
     process = subprocess.Popen(
         command, cwd=tmp_path, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

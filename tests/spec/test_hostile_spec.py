@@ -54,7 +54,9 @@ def test_pkg_source_with_a_dotted_name_imports_nothing(tmp_path):
     (tmp_path / "evil").mkdir()
     marker = tmp_path / "IMPORTED"
     (tmp_path / "evil" / "__init__.py").write_text(f"open({str(marker)!r}, 'w').write('x')\n")
-    (tmp_path / "spec.yaml").write_text(BASE.replace("{source: teacher}", "{source: 'pkg://evil.sub/x.gguf'}"))
+    (tmp_path / "spec.yaml").write_text(
+        BASE.replace("{source: teacher}", "{source: 'pkg://evil.sub/x.gguf'}")
+    )
     env = dict(os.environ, PYTHONPATH=str(REPO))
     result = subprocess.run(
         [sys.executable, "-m", "minispec", "lint", "spec.yaml"],
@@ -77,6 +79,7 @@ def test_brackets_hidden_behind_quote_like_plain_scalars_are_refused_fast(tmp_pa
 
 def gguf_with_huge_string_array(path: Path, count: int) -> None:
     """A GGUF v3 header whose tokens array declares ``count`` strings, over a sparse file."""
+
     def string(text: str) -> bytes:
         raw = text.encode()
         return struct.pack("<Q", len(raw)) + raw
@@ -116,7 +119,10 @@ def test_a_5000_digit_integer_in_json(tmp_path):
 def test_a_nul_byte_in_a_path_is_a_located_error(tmp_path):
     result = lint(tmp_path, BASE.replace("{source: teacher}", '{source: "teach\\0er"}'))
     assert result.exit_code == 2, result.output
-    assert "spec.yaml:3:" in result.output and "teacher.source: contains a NUL character" in result.output
+    assert (
+        "spec.yaml:3:" in result.output
+        and "teacher.source: contains a NUL character" in result.output
+    )
 
 
 def test_set_of_an_index_like_key_is_placed_on_the_set(tmp_path):
@@ -137,4 +143,7 @@ def test_a_defaulted_seq_length_follows_the_teacher(tmp_path):
     explicit = BASE.replace("wikitext-103-v1}", "wikitext-103-v1, seq_length: 4096}")
     written = lint(tmp_path, explicit)
     assert written.exit_code == 2
-    assert "spec.yaml:4:" in written.output and "seq_length 4096 exceeds the teacher's 512" in written.output
+    assert (
+        "spec.yaml:4:" in written.output
+        and "seq_length 4096 exceeds the teacher's 512" in written.output
+    )

@@ -176,7 +176,9 @@ def pruning(loaded) -> Iterator[Problem]:
 def _keep_hint(loaded, missing: str) -> str:
     """Name the teacher's value, which is how to keep it (spec/rules.py accepts it for nemo)."""
     shapes = _shapes(loaded)
-    attribute = "num_query_groups" if missing == "target_num_query_groups" else "num_attention_heads"
+    attribute = (
+        "num_query_groups" if missing == "target_num_query_groups" else "num_attention_heads"
+    )
     value = getattr(shapes, attribute, None) if shapes is not None else None
     if value is None:
         return "set it to the teacher's value to keep that number unchanged"

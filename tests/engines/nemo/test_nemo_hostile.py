@@ -44,13 +44,24 @@ def invoke(*args: str):
 @pytest.mark.parametrize(
     ("launcher", "words"),
     [
-        ("docker", ['docker run --rm --gpus all', '-v "$PWD":/workspace', "nvcr.io/nvidia/nemo:25.04"]),
+        (
+            "docker",
+            ["docker run --rm --gpus all", '-v "$PWD":/workspace', "nvcr.io/nvidia/nemo:25.04"],
+        ),
         ("slurm", ["srun --nodes 1", '--container-mounts "$PWD":/workspace']),
     ],
 )
 def test_dry_run_with_container_launchers(tmp_path, launcher, words):
     """`minispec run --dry-run` of the shipped tutorial spec compiles and prints, as run does."""
-    result = invoke("run", str(TUTORIAL), "--out", str(tmp_path), "--dry-run", "--set", f"nemo.launcher={launcher}")
+    result = invoke(
+        "run",
+        str(TUTORIAL),
+        "--out",
+        str(tmp_path),
+        "--dry-run",
+        "--set",
+        f"nemo.launcher={launcher}",
+    )
     assert result.exit_code == 0, result.output
     assert "TypeError" not in result.output
     finetune = next(line for line in result.output.splitlines() if line.startswith("finetune: "))
@@ -78,7 +89,9 @@ def test_free_form_settings_cannot_become_options(override, key, words):
     assert f"--set {override}: {key}: " in result.output and words in result.output, result.output
     # compiled without lint (a bundle's params.yaml): refused all the same
     with pytest.raises(CompileError, match=words):
-        compile_pipeline(load_spec(TUTORIAL, [f"nemo.launcher={launcher}", override]), "/tmp/unused")
+        compile_pipeline(
+            load_spec(TUTORIAL, [f"nemo.launcher={launcher}", override]), "/tmp/unused"
+        )
 
 
 def test_a_line_break_never_reaches_a_nemo_command():
