@@ -38,6 +38,8 @@ def handle_errors(func):
         except KeyboardInterrupt:
             click.echo("error: interrupted", err=True)
             sys.exit(130)
+        except BrokenPipeError:
+            reader_went_away()
         except Exception as exc:  # an unexpected failure: say so briefly unless --verbose
             if verbose:
                 raise
@@ -48,6 +50,13 @@ def handle_errors(func):
             sys.exit(EXIT_FAILURE)
 
     return wrapper
+
+
+def reader_went_away() -> None:
+    """`minispec status | head`: the reader closed the pipe; stop quietly, as SIGPIPE would."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())  # the flush at exit must not fail again
+    sys.exit(128 + 13)  # what a shell shows for a process ended by SIGPIPE
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -443,14 +452,21 @@ def bundle() -> None:
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     help="Pipeline directory (where dvc.yaml and dvc.lock are).",
 )
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Replace an existing bundle file (never a file of the pipeline itself).",
+)
 @handle_errors
 def bundle_create(
-    output: Path, with_artifacts: bool, spec_file: Path | None, directory: Path
+    output: Path, with_artifacts: bool, spec_file: Path | None, directory: Path, force: bool
 ) -> None:
     """Pack spec, pipeline, dvc.lock, environment, metrics, plots and logs with a sha256 manifest."""
     from minispec.bundle import create_bundle
 
-    summary = create_bundle(directory, output, with_artifacts=with_artifacts, spec_file=spec_file)
+    summary = create_bundle(
+        directory, output, with_artifacts=with_artifacts, spec_file=spec_file, force=force
+    )
     click.echo(f"wrote {summary.path} ({summary.files} files, {summary.bytes:,} bytes)")
     if summary.spec_file is None:
         click.echo(
@@ -496,13 +512,22 @@ def bundle_verify(file: Path) -> None:
     type=click.FloatRange(min=0),
     help="Absolute tolerance for metrics.",
 )
+@click.option(
+    "--trust-remote-code",
+    is_flag=True,
+    help="Allow a bundle whose spec sets teacher.trust_remote_code: true (runs the teacher repository's code).",
+)
 @handle_errors
-def bundle_reproduce(file: Path, directory: Path | None, rtol: float, atol: float) -> None:
+def bundle_reproduce(
+    file: Path, directory: Path | None, rtol: float, atol: float, trust_remote_code: bool
+) -> None:
     """Verify FILE, rerun its pipeline in a fresh workspace and diff the metrics (exit 1 when they differ)."""
     from minispec.bundle.reproduce import format_result, reproduce_bundle
 
     ctx = click.get_current_context()
-    result = reproduce_bundle(file, directory, rtol=rtol, atol=atol)
+    result = reproduce_bundle(
+        file, directory, rtol=rtol, atol=atol, trust_remote_code=trust_remote_code
+    )
     click.echo(format_result(result, verbose=(ctx.find_root().obj or {}).get("verbose", False)))
     if not result.ok:
         click.echo(

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import re
-import shlex
 import shutil
 import subprocess
 import sys
@@ -32,6 +31,8 @@ from minispec import layout
 from minispec.compile import CompiledPipeline, compile_pipeline, drift, write_pipeline
 from minispec.compile.graph import TRAINING_STEPS, Stage, owner_of, upstream_closure
 from minispec.errors import PipelineError
+from minispec.runlock import holding_run_lock
+from minispec.shell import join as shell_join
 from minispec.spec.load import LoadedSpec
 
 Echo = Callable[[str], None]
@@ -172,10 +173,11 @@ def select_stages(compiled: CompiledPipeline, stage: str | None) -> list[Stage]:
 
 def dry_run(compiled: CompiledPipeline, stage: str | None, echo: Echo) -> None:
     for item in select_stages(compiled, stage):
-        commands = " && ".join(shlex.join(argv) for argv in item.cmd)
+        commands = " && ".join(shell_join(argv) for argv in item.cmd)  # ShellWords stay bare
         echo(f"{item.name}: {commands}")
 
 
+@holding_run_lock  # before anything is written: a second run in out_dir refuses at once
 def run(
     loaded: LoadedSpec,
     out_dir: Path,
@@ -255,16 +257,41 @@ def repro(
         text=True,
         errors="replace",
         bufsize=1,
+        start_new_session=True,  # a signal to minispec alone reaches DVC only through stop_repro
     )
     assert process.stdout is not None
     try:
         for line in process.stdout:
             monitor.feed(line.rstrip("\n"))
+    except KeyboardInterrupt:
+        stop_repro(process)
+        raise
     finally:
         code = process.wait()
         monitor.close()
     if code != 0:
         raise monitor.failure(code)
+
+
+def stop_repro(process: subprocess.Popen, grace: float = 30.0) -> None:
+    """Ctrl-C (or SIGINT to minispec alone): interrupt DVC and the stage it runs, now.
+
+    DVC ignores SIGINT while a stage runs and leaves it to the stage, which only a terminal's
+    Ctrl-C reaches; so the whole process group gets SIGINT (the stage stops, DVC records
+    nothing), then SIGTERM and SIGKILL if it lingers.
+    """
+    import signal
+
+    for sig, wait in ((signal.SIGINT, grace), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 @dataclass
@@ -281,6 +308,7 @@ class ReproMonitor:
     log: IO[str] | None = None
     failed: tuple[str, str, int | None] | None = None  # stage, reason, exit code
     errors: list[str] = field(default_factory=list)
+    launched: list[str] = field(default_factory=list)  # stages whose command ran in this repro
 
     def feed(self, line: str) -> None:
         if match := RUNNING.match(line):
@@ -316,6 +344,7 @@ class ReproMonitor:
 
     def start(self, stage: str) -> None:
         self.current = stage
+        self.launched.append(stage)
         self.started = time.monotonic()
         path = self.out_dir / layout.stage_log_path(stage)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -350,6 +379,8 @@ class ReproMonitor:
             detail = self.errors[-1] if self.errors else f"dvc repro exited with {code}"
             return PipelineError(f"dvc repro failed: {detail.removeprefix('ERROR: ')}")
         stage, why, exit_code = self.failed
+        if stage not in self.launched:  # e.g. DVC's lock held elsewhere: its old log says nothing
+            return not_started_failure(stage, why)
         log = self.out_dir / layout.stage_log_path(stage)
         shown = f"exit code {exit_code}" if exit_code is not None else why
         return PipelineError(
@@ -361,6 +392,18 @@ class ReproMonitor:
         ran = len(self.ran)
         cached = len(self.seen) - ran
         self.echo(f"pipeline up to date: {ran} stage{'s' if ran != 1 else ''} ran, {cached} cached")
+
+
+def not_started_failure(stage: str, why: str) -> PipelineError:
+    busy = "is busy" in why or "lock" in why
+    return PipelineError(
+        f"DVC could not start stage '{stage}': {why}",
+        hint=(
+            "another DVC process is using this pipeline; wait for it to finish, then run again"
+            if busy
+            else "nothing of this stage ran; fix the problem and run again"
+        ),
+    )
 
 
 def format_seconds(seconds: float) -> str:

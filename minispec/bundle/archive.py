@@ -17,6 +17,7 @@ import gzip
 import io
 import os
 import posixpath
+import shutil
 import tarfile
 import zlib
 from collections.abc import Iterator
@@ -26,6 +27,8 @@ from typing import BinaryIO
 from minispec.errors import MinispecError
 
 CHUNK = 1 << 20
+DEFAULT_SIZE_CAP = 256 << 30  # uncompressed bytes; an 8B model bundle with artifacts is ~50 GiB
+MAX_MEMBERS = 1_000_000
 MTIME = 0  # members' mtime: the epoch, so archives do not depend on when files were written
 
 
@@ -76,8 +79,55 @@ def check_member(member: tarfile.TarInfo, seen: set[str]) -> str:
         raise UnsafeArchiveError(
             f"archive member {shown}: duplicate member (a later copy would silently replace the first)"
         )
+    _check_nesting(normalized, member, seen, shown)
     seen.add(normalized)
     return normalized
+
+
+# markers in ``seen`` (NUL never occurs in an accepted name): a file member, a directory that
+# some member lies below
+_FILE, _PARENT = "\x00f:", "\x00d:"
+
+
+def _check_nesting(normalized: str, member: tarfile.TarInfo, seen: set[str], shown: str) -> None:
+    """A member below a file member (or a file where members already lie below) cannot be
+    extracted: refuse it, instead of failing half-way through an extraction."""
+    parts = normalized.split("/")
+    for depth in range(1, len(parts)):
+        parent = "/".join(parts[:depth])
+        if _FILE + parent in seen:
+            raise UnsafeArchiveError(
+                f"archive member {shown}: lies below the file member {parent!r}",
+                hint="a bundle's members form one directory tree; this archive was not written by minispec",
+            )
+        seen.add(_PARENT + parent)
+    if member.isfile():
+        if _PARENT + normalized in seen:
+            raise UnsafeArchiveError(
+                f"archive member {shown}: a file where other members lie below a directory of that name"
+            )
+        seen.add(_FILE + normalized)
+
+
+def size_cap() -> int:
+    """The most bytes a bundle may unpack to: MINISPEC_BUNDLE_MAX_BYTES, default 256 GiB."""
+    text = os.environ.get("MINISPEC_BUNDLE_MAX_BYTES", "")
+    return int(text) if text.isdigit() else DEFAULT_SIZE_CAP
+
+
+def check_total(total: int, count: int, shown: str) -> None:
+    """Refuse an archive whose declared sizes (tar headers, read before any data) pass the cap."""
+    cap = size_cap()
+    if total > cap:
+        raise UnsafeArchiveError(
+            f"archive member {shown}: the members so far unpack to {total:,} bytes, over the cap of {cap:,}",
+            hint="a bundle larger than this is refused as a decompression bomb; raise MINISPEC_BUNDLE_MAX_BYTES if it is genuine",
+        )
+    if count > MAX_MEMBERS:
+        raise UnsafeArchiveError(
+            f"archive member {shown}: more than {MAX_MEMBERS:,} members",
+            hint="bundles of minispec runs hold far fewer files; this archive is refused",
+        )
 
 
 @contextlib.contextmanager
@@ -101,11 +151,14 @@ def iter_members(path: Path) -> Iterator[tuple[str, tarfile.TarInfo, BinaryIO | 
     """
     seen: set[str] = set()
     where = "in the archive header"
+    total = count = 0
     with open_archive(path) as (tar, stream):
         try:
             for member in tar:
                 where = f"at or after member {member.name!r}"
                 name = check_member(member, seen)
+                total, count = total + member.size, count + 1
+                check_total(total, count, repr(member.name))
                 yield name, member, tar.extractfile(member) if member.isfile() else None
             # read to the end of the gzip stream so its CRC is checked: tarfile stops at the
             # first block that is not a header, which would hide corruption after it
@@ -121,8 +174,17 @@ def iter_members(path: Path) -> Iterator[tuple[str, tarfile.TarInfo, BinaryIO | 
 def safe_extract(path: Path, dest: Path) -> list[str]:
     """Extract every member of ``path`` below ``dest`` after checking all of them first."""
     dest = Path(dest)
-    names = [name for name, _, _ in iter_members(path)]  # a full pass: refuse before writing
+    listed = [
+        (name, member.size) for name, member, _ in iter_members(path)
+    ]  # refuse before writing
+    names = [name for name, _ in listed]
     dest.mkdir(parents=True, exist_ok=True)
+    need, free = sum(size for _, size in listed), shutil.disk_usage(dest).free
+    if need > free:
+        raise BundleError(
+            f"{path} unpacks to {need:,} bytes but {dest} has {free:,} bytes free",
+            hint="free some space or reproduce in another --dir",
+        )
     root = dest.resolve()
     use_filter = hasattr(tarfile, "data_filter")
     seen: set[str] = set()

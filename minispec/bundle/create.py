@@ -53,9 +53,18 @@ class BundleSummary:
 
 
 def create_bundle(
-    root: Path, output: Path, *, with_artifacts: bool = False, spec_file: Path | None = None
+    root: Path,
+    output: Path,
+    *,
+    with_artifacts: bool = False,
+    spec_file: Path | None = None,
+    force: bool = False,
 ) -> BundleSummary:
-    """Write the bundle of the pipeline directory ``root`` to ``output`` (atomically)."""
+    """Write the bundle of the pipeline directory ``root`` to ``output`` (atomically).
+
+    An existing ``output`` is replaced only with ``force``; a file of the pipeline itself (its
+    spec, dvc.yaml, params.yaml, dvc.lock, any dep or out, DVC's or git's files) never is.
+    """
     root = Path(root).resolve()
     output = Path(output).resolve()
     for name in (layout.DVC_FILE, layout.PARAMS_FILE, LOCK_FILE):
@@ -82,6 +91,7 @@ def create_bundle(
         raise BundleError(f"{root / LOCK_FILE}: {exc}") from None
     params = _read_params(root)
     spec_file = spec_file or find_spec_file(root)
+    refuse_output(root, output, lock, spec_file, force=force)
 
     files = select_files(root, lock, with_artifacts)
     outs = sorted({lock.out_for(rel).path for rel in files if lock.out_for(rel)})
@@ -139,6 +149,32 @@ def create_bundle(
         tmp.unlink(missing_ok=True)
         raise
     return BundleSummary(output, len(manifest), output.stat().st_size, outs, document["spec_file"])
+
+
+def refuse_output(
+    root: Path, output: Path, lock: Lock, spec_file: Path | None, *, force: bool
+) -> None:
+    """``-o`` must not name a file of the pipeline, and replaces another file only with --force."""
+    protected = [root / name for name in (*PIPELINE_FILES, LOCK_FILE)]
+    protected += [root / ".dvc", root / ".git"]
+    protected += [root / entry.path for entry in lock.outs + lock.deps]
+    if spec_file is not None:
+        protected.append(Path(spec_file))
+    target = output.resolve()
+    for path in protected:
+        path = path.resolve()
+        if target == path or path in target.parents:
+            raise BundleError(
+                f"{output}: is {'inside ' if target != path else ''}{path}, a file of the pipeline; refusing to overwrite it",
+                hint="write the bundle elsewhere (e.g. -o ../run.tar.gz)",
+            )
+    if output.exists() and not force:
+        raise BundleError(
+            f"{output} already exists; refusing to overwrite it",
+            hint="choose another -o, or pass --force to replace it",
+        )
+    if output.is_dir():
+        raise BundleError(f"{output} is a directory", hint="name a file with -o")
 
 
 def _add_bytes(writer: ArchiveWriter, manifest: dict, name: str, data: bytes) -> None:

@@ -228,4 +228,9 @@ def _entry(stage: str, item: dict[str, Any]) -> LockEntry:
     # DVC 3 writes ``hash: md5``; an entry without it was written by DVC 2.x (md5-dos2unix)
     hash_name = "md5" if item.get("hash") == "md5" else "md5-dos2unix"
     path = item["path"].replace("\\", "/").rstrip("/")
-    return LockEntry(stage, path, item.get("md5"), hash_name, item.get("nfiles"))
+    md5, nfiles = item.get("md5"), item.get("nfiles")
+    if md5 is not None and not isinstance(md5, str):  # DVC writes hex strings; YAML may not
+        raise ValueError(f"stage '{stage}', {path}: md5 {md5!r} is not a hex string")
+    if nfiles is not None and (not isinstance(nfiles, int) or isinstance(nfiles, bool)):
+        raise ValueError(f"stage '{stage}', {path}: nfiles {nfiles!r} is not a count")
+    return LockEntry(stage, path, md5, hash_name, nfiles)

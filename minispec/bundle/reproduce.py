@@ -26,13 +26,16 @@ from pathlib import Path
 from typing import Any
 
 from minispec import layout
-from minispec.bundle import dvchash
+from minispec.bundle import dvchash, trust
 from minispec.bundle.archive import BundleError, safe_extract
 from minispec.bundle.create import LOCK_FILE, PIPELINE, PIPELINE_FILES
 from minispec.bundle.verify import verify_bundle
 from minispec.errors import PipelineError
 
 TIMING = re.compile(r"(per_second|seconds|latency|throughput|duration|elapsed|(^|_)time$)")
+# how a run came about, not what it produced: a run resumed after a kill records the step it
+# resumed from; a rerun from scratch has none
+PROVENANCE = re.compile(r"^resumed_from")
 
 
 def run_pipeline(workspace: Path) -> None:
@@ -90,7 +93,7 @@ class MetricDiff:
     key: str
     old: Any
     new: Any
-    status: str  # same | within | differs | timing | missing | added
+    status: str  # same | within | differs | timing | provenance | missing | added
 
     @property
     def fails(self) -> bool:
@@ -134,7 +137,9 @@ def compare_metrics(
         before, after = old.get(file, {}), new.get(file, {})
         for key in sorted(set(before) | set(after)):
             a, b = before.get(key), after.get(key)
-            if key not in after:
+            if PROVENANCE.search(key.rsplit(".", 1)[-1]) and a != b:
+                status = "provenance"
+            elif key not in after:
                 status = "missing"
             elif key not in before:
                 status = "added"
@@ -165,7 +170,7 @@ class ReproduceResult:
     @property
     def ok(self) -> bool:
         return not any(d.fails for d in self.metrics) and any(
-            d.status != "added" for d in self.metrics
+            d.status not in ("added", "provenance") for d in self.metrics
         )
 
 
@@ -189,10 +194,13 @@ def reproduce_bundle(
     rtol: float = 0.0,
     atol: float = 0.0,
     runner: Callable[[Path], None] | None = None,
+    trust_remote_code: bool = False,
 ) -> ReproduceResult:
     """Rerun ``bundle`` in ``directory`` (fresh); ``runner(workspace)`` runs the pipeline
-    (default :func:`run_pipeline`)."""
+    (default :func:`run_pipeline`). A bundle whose spec enables ``teacher.trust_remote_code``
+    is refused unless the caller passes ``trust_remote_code`` too."""
     verified = verify_bundle(bundle).raise_for_problems()
+    refuse_remote_code(verified, trust_remote_code)
     directory = prepare_directory(directory)
     unpacked = directory / "bundle"
     safe_extract(bundle, unpacked)
@@ -201,6 +209,7 @@ def reproduce_bundle(
 
     workspace = directory / "workspace"
     build_workspace(recorded, workspace, lock, verified.manifest, unpacked)
+    check_workspace_commands(workspace)
     init_dvc(workspace)
     (runner or run_pipeline)(workspace)
 
@@ -226,12 +235,15 @@ def build_workspace(
         if (recorded / name).is_file():
             shutil.copy2(recorded / name, workspace / name)
     spec_file = manifest.get("spec_file")
-    if spec_file and (unpacked / spec_file).is_file():
+    if spec_file and not trust.manifest_problems(manifest) and (unpacked / spec_file).is_file():
         shutil.copy2(unpacked / spec_file, workspace / Path(spec_file).name)
+    problems = trust.lock_problems(lock)  # verify said so too; the copy below relies on it
+    if problems:
+        raise BundleError("\n  ".join(["the bundle's paths leave the workspace:", *problems]))
     missing = []
     for dep in lock.source_deps():
         source = recorded / dep.path
-        if not Path(dep.path).is_absolute() and source.exists():
+        if not trust.is_external(dep.path) and source.exists():  # inside: lock_problems checked
             target = workspace / dep.path
             target.parent.mkdir(parents=True, exist_ok=True)
             (shutil.copytree if source.is_dir() else shutil.copy2)(source, target)
@@ -242,6 +254,33 @@ def build_workspace(
             "inputs outside the pipeline directory are not in the bundle and not found from "
             f"{workspace}: {', '.join(sorted(missing))}",
             hint="make them available at the same paths (absolute paths in the spec make this easy), then rerun",
+        )
+
+
+def refuse_remote_code(verified, allowed: bool) -> None:
+    """The bundle's author chose trust_remote_code; the person reproducing must choose it too."""
+    from minispec.bundle.verify import PARAMS_MEMBER
+    from minispec.spec.load import parse_yaml
+
+    params, _ = parse_yaml(verified.contents[PARAMS_MEMBER].decode("utf-8"), layout.PARAMS_FILE)
+    teacher = params.get("teacher") if isinstance(params, dict) else None
+    if isinstance(teacher, dict) and teacher.get("trust_remote_code") is True and not allowed:
+        raise BundleError(
+            f"{verified.path}: the bundled spec sets teacher.trust_remote_code: true, so reproducing it would run Python code from the teacher's repository ({teacher.get('source')}); refused",
+            hint="pass --trust-remote-code if you trust that repository",
+        )
+
+
+def check_workspace_commands(workspace: Path) -> None:
+    """Right before DVC runs: the workspace's dvc.yaml is what minispec compiles from its params."""
+    problems = trust.command_problems(
+        (workspace / layout.DVC_FILE).read_text(encoding="utf-8"),
+        (workspace / layout.PARAMS_FILE).read_text(encoding="utf-8"),
+    )
+    if problems:
+        raise BundleError(
+            "refusing to run the bundle's pipeline:\n  " + "\n  ".join(problems),
+            hint="only pipelines minispec compiled from the bundled spec are reproduced",
         )
 
 

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from minispec.bundle import dvchash
+from minispec import layout
+from minispec.bundle import dvchash, trust
 from minispec.bundle.archive import BundleError, UnsafeArchiveError, iter_members
 from minispec.bundle.create import (
     DIR_LISTINGS,
@@ -70,10 +71,19 @@ class VerifyResult:
         return json.loads(self.contents.get(ENVIRONMENT, b"{}"))
 
 
+DVC_MEMBER = f"{PIPELINE}/{layout.DVC_FILE}"
+PARAMS_MEMBER = f"{PIPELINE}/{layout.PARAMS_FILE}"
+
+
 def _kept(name: str) -> bool:
-    return name in (MANIFEST, LOCK_MEMBER, ENVIRONMENT, RESOLVED_SPEC) or name.startswith(
-        f"{DIR_LISTINGS}/"
-    )
+    return name in (
+        MANIFEST,
+        LOCK_MEMBER,
+        ENVIRONMENT,
+        RESOLVED_SPEC,
+        DVC_MEMBER,
+        PARAMS_MEMBER,
+    ) or name.startswith(f"{DIR_LISTINGS}/")
 
 
 def verify_bundle(path: Path) -> VerifyResult:
@@ -81,6 +91,7 @@ def verify_bundle(path: Path) -> VerifyResult:
     digests: dict[str, FileDigest] = {}
     contents: dict[str, bytes] = {}
     lock: Lock | None = None
+    lock_error: str | None = None  # dvc.lock unreadable: reported, and the lock checks skipped
     broken: str | None = None  # corrupt compressed data: reported with whatever was read
     current = "(archive header)"
     try:
@@ -96,7 +107,7 @@ def verify_bundle(path: Path) -> VerifyResult:
                 digests[name] = hasher.digest()
                 contents[name] = data
                 if name == LOCK_MEMBER:
-                    lock = _parse_lock(data)
+                    lock, lock_error = _parse_lock(data)
             else:
                 digests[name] = dvchash.hash_stream(handle, legacy)
     except UnsafeArchiveError:
@@ -118,7 +129,14 @@ def verify_bundle(path: Path) -> VerifyResult:
     if LOCK_MEMBER not in contents:
         result.problems.append(f"{LOCK_MEMBER}: missing (a bundle always holds the run's dvc.lock)")
         return result
-    lock = lock or _parse_lock(contents[LOCK_MEMBER])
+    if lock is None:
+        lock, lock_error = _parse_lock(contents[LOCK_MEMBER])
+    result.problems += trust.manifest_problems(manifest)
+    result.problems += _pipeline_problems(contents)
+    if lock is None:
+        result.problems.append(f"{LOCK_MEMBER}: {lock_error}")
+        return result
+    result.problems += trust.lock_problems(lock)
     pipeline = {
         name[len(PIPELINE) + 1 :]: d
         for name, d in digests.items()
@@ -157,11 +175,36 @@ def _parse_manifest(path: Path, data: bytes | None) -> dict[str, Any]:
     return manifest
 
 
-def _parse_lock(data: bytes) -> Lock:
+def _parse_lock(data: bytes) -> tuple[Lock | None, str | None]:
+    """The lock, or None and why it cannot be read (broken YAML, a tag, not a dvc.lock)."""
+    from ruamel.yaml.error import YAMLError
+
     try:
-        return dvchash.read_lock(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise BundleError(f"{LOCK_MEMBER}: unreadable ({exc})") from None
+        return dvchash.read_lock(data.decode("utf-8")), None
+    except (UnicodeDecodeError, ValueError, YAMLError) as exc:
+        detail = " ".join(str(exc).split())[:300]
+        return None, f"unreadable, not a dvc.lock DVC wrote ({type(exc).__name__}: {detail})"
+
+
+def _pipeline_problems(contents: dict[str, bytes]) -> list[str]:
+    """The bundled dvc.yaml must be what minispec compiles from the bundled params.yaml."""
+    missing = [name for name in (DVC_MEMBER, PARAMS_MEMBER) if name not in contents]
+    if missing:
+        return [
+            f"{name}: missing (a bundle always holds the compiled pipeline)" for name in missing
+        ]
+    try:
+        dvc_text = contents[DVC_MEMBER].decode("utf-8")
+        params_text = contents[PARAMS_MEMBER].decode("utf-8")
+    except UnicodeDecodeError:
+        return [f"{DVC_MEMBER} or {PARAMS_MEMBER}: not UTF-8 text"]
+    problems = trust.command_problems(dvc_text, params_text)
+    if not problems:
+        from minispec.spec.load import parse_yaml
+
+        params, _ = parse_yaml(params_text, layout.PARAMS_FILE)
+        problems = trust.params_path_problems(params if isinstance(params, dict) else {})
+    return problems
 
 
 def check_manifest(manifest: dict[str, Any], digests: dict[str, FileDigest]) -> list[str]:
@@ -174,8 +217,9 @@ def check_manifest(manifest: dict[str, Any], digests: dict[str, FileDigest]) -> 
         elif not isinstance(entry, dict):
             problems.append(f"{name}: in the bundle but not listed in the manifest")
         elif entry.get("sha256") != digest.sha256 or entry.get("size") != digest.size:
+            # full hashes: a flipped character late in the manifest's copy must show
             problems.append(
-                f"{name}: sha256 {digest.sha256[:16]}… (size {digest.size}) does not match the manifest's {str(entry.get('sha256'))[:16]}… (size {entry.get('size')}): the file was modified"
+                f"{name}: sha256 {digest.sha256} (size {digest.size}) does not match the manifest's {entry.get('sha256')} (size {entry.get('size')}): the file or its manifest entry was modified"
             )
     return problems
 

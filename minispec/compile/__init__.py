@@ -24,6 +24,7 @@ from minispec.compile.dvc import (
     with_header,
 )
 from minispec.compile.graph import Stage, attach_commands, build_graph
+from minispec.engines.nemo.shapes import teacher_paths_relative_to
 from minispec.errors import CompileError
 from minispec.report.dvcplots import dvc_plots
 from minispec.sources import parse_source
@@ -50,8 +51,10 @@ class CompiledPipeline:
 def compile_pipeline(loaded: LoadedSpec, out_dir: str | os.PathLike[str]) -> CompiledPipeline:
     """The text of ``dvc.yaml`` and ``params.yaml`` for ``loaded`` in ``out_dir`` (nothing written)."""
     out_dir = Path(out_dir).absolute()
+    refuse_braces(out_dir)
     spec = relative_spec(loaded.spec, out_dir)
-    stages = attach_commands(spec, build_graph(spec))
+    with teacher_paths_relative_to(out_dir):  # the paths of `spec` are, from here on
+        stages = attach_commands(spec, build_graph(spec))
     source = source_description(loaded, out_dir)
     dvc_body = render_yaml(pipeline_document(stages, report_plots=dvc_plots(spec)))
     params_body = render_yaml(spec.model_dump(mode="json"))
@@ -64,6 +67,16 @@ def compile_pipeline(loaded: LoadedSpec, out_dir: str | os.PathLike[str]) -> Com
             params_body, source, "The resolved spec: every stage reads its settings here."
         ),
     )
+
+
+def refuse_braces(out_dir: Path) -> None:
+    """DVC formats paths into its progress messages with str.format: '{x}' in the pipeline's
+    path fails every stage (KeyError 'x') after it ran. Refuse it before anything runs."""
+    if "{" in str(out_dir) or "}" in str(out_dir):
+        raise CompileError(
+            f"{out_dir}: DVC cannot run a pipeline in a directory whose path holds '{{' or '}}'",
+            hint="choose a --out without braces",
+        )
 
 
 def relative_spec(spec: Spec, out_dir: Path) -> Spec:

@@ -195,6 +195,8 @@ def parse_json(text: str, shown: str) -> tuple[Any, dict[KeyPath, Position]]:
         except json.JSONDecodeError as exc:
             problem = Problem(shown, f"invalid JSON: {exc.msg}", line=exc.lineno, col=exc.colno)
             raise SpecError([problem]) from None
+        except ValueError:  # what the YAML reader refused too (a 5000-digit number)
+            raise yaml_error from None
         if any(p.path for p in yaml_error.problems):  # parsed, but holds what a spec may not
             raise
         return data, {}  # valid JSON the YAML reader refuses: no positions, but no false error
@@ -219,6 +221,8 @@ def parse_yaml(text: str, shown: str) -> tuple[Any, dict[KeyPath, Position]]:
         raise SpecError([Problem(shown, f"invalid YAML: {_one_line(str(exc))}")]) from None
     except RecursionError:
         raise SpecError([Problem(shown, "invalid YAML: nested too deeply")]) from None
+    except ValueError as exc:  # e.g. an integer longer than Python converts (4300 digits)
+        raise SpecError([_value_problem(exc, text, shown)]) from None
     converter = _Converter(shown)
     plain = converter.convert(document, ())
     if converter.problems:
@@ -226,7 +230,9 @@ def parse_yaml(text: str, shown: str) -> tuple[Any, dict[KeyPath, Position]]:
     return plain, converter.positions
 
 
-_QUOTED = re.compile(r'"(?:[^"\\\n]|\\.)*"|\'(?:[^\'\n]|\'\')*\'')
+# a quote opens a quoted scalar only where a token starts (after a space, a bracket or a comma):
+# in `[a'b, [[[...]]], c'd]` the quotes belong to plain scalars, so the brackets between count
+_QUOTED = re.compile(r'(?<![^\s\[\]{},])(?:"(?:[^"\\\n]|\\.)*"|\'(?:[^\'\n]|\'\')*\')')
 _COMMENT = re.compile(r"(?:^|\s)#.*$", re.MULTILINE)
 _BRACKETS = re.compile(r"[\[\]{}]")
 
@@ -238,6 +244,25 @@ def flow_depth(text: str) -> int:
         depth = depth + 1 if match.group() in "[{" else max(0, depth - 1)
         deepest = max(deepest, depth)
     return deepest
+
+
+_LONG_NUMBER = re.compile(r"[0-9_]{4000,}")
+
+
+def _value_problem(exc: ValueError, text: str, shown: str) -> Problem:
+    """A value the YAML reader cannot build, located where it can be found in the text."""
+    match = _LONG_NUMBER.search(text)
+    if match is None or "digits" not in str(exc):
+        return Problem(shown, f"invalid YAML: {_one_line(str(exc))}")
+    line = text.count("\n", 0, match.start()) + 1
+    col = match.start() - (text.rfind("\n", 0, match.start()) + 1) + 1
+    return Problem(
+        shown,
+        f"a number of {len(match.group())} digits: longer than any setting can use",
+        line=line,
+        col=col,
+        hint="write a number of sensible size (or quote it if it is meant as text)",
+    )
 
 
 def _yaml_problem(exc: Any, shown: str) -> Problem:
@@ -312,6 +337,13 @@ class _Converter:
             finally:
                 self.active.discard(id(node))
         if isinstance(node, str):
+            if "\x00" in node:  # no path, name or option can hold one; the OS refuses it later
+                self._problem(
+                    path,
+                    "contains a NUL character (\\0)",
+                    hint="remove the \\0 escape from the value",
+                )
+                return None
             return str(node)  # drop ruamel's scalar string subclasses
         if isinstance(node, bool) or node is None:
             return node
@@ -599,7 +631,8 @@ def locate(
 ) -> Problem:
     """Place a problem on the override that set ``path`` (or a parent of it), else in the file."""
     for override in reversed(overrides):
-        if path[: len(override.path)] == override.path:
+        # `--set prune.0=1` reads 0 as an index; the problem may name it as the key '0'
+        if [str(p) for p in path[: len(override.path)]] == [str(p) for p in override.path]:
             return Problem(override.where, message, path=path, hint=hint, severity=severity)
     probe = path
     while probe and probe not in positions:
@@ -623,6 +656,8 @@ def validation_problems(
     for error in exc.errors(include_url=False):
         path = data_path(error["loc"], raw)
         message, hint = explain(error, path, raw)
+        if error["type"] == "union_tag_invalid" and isinstance(error.get("input"), dict):
+            path = path + ("kind",)  # the bad value stands at the variant's `kind:`
         key = (path, message)
         if key in seen:
             continue

@@ -90,7 +90,7 @@ class DataSpec(StrictModel):
         default=4096,
         ge=8,
         le=1_048_576,
-        description="Tokens per training and evaluation window.",
+        description="Tokens per training and evaluation window (default 4096, or the teacher's context length when it is shorter and known at lint time).",
     )
     splits: dict[SplitName, str] | None = Field(
         default=None,

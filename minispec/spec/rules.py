@@ -46,10 +46,24 @@ def check(loaded: LoadedSpec) -> list[Problem]:
             else not loaded.invalid
         )
         if runnable:
-            problems.extend(func(loaded))
+            problems.extend(_guarded(func, loaded))
         else:
             skipped.append(func.__name__)
     return problems
+
+
+def _guarded(func, loaded: LoadedSpec) -> list[Problem]:
+    """A rule that meets input it did not expect reports it at the spec, not as a traceback."""
+    try:
+        return list(func(loaded))
+    except Exception as exc:  # odd input (huge numbers, odd files): lint must still answer
+        return [
+            Problem(
+                str(loaded.file),
+                f"rule '{func.__name__}' could not check this spec: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}",
+                hint="the values this rule reads are unusual; check them",
+            )
+        ]
 
 
 # --------------------------------------------------------------------------------------------
@@ -250,6 +264,8 @@ def _width_against_teacher(
         if value is None or known is None or value < known[0]:
             continue
         same = value == known[0]
+        if same and _nemo_keeps_groups(loaded, variant, target):
+            continue
         yield loaded.locate(
             base + (target,),
             f"{target} {value} is not smaller than the teacher's {what} {known[0]}",
@@ -257,6 +273,16 @@ def _width_against_teacher(
             if same
             else f"the teacher's {what} is {known[0]} ({known[1]})",
         )
+
+
+def _nemo_keeps_groups(loaded: LoadedSpec, variant: WidthPrune, target: str) -> bool:
+    """NeMo prunes heads and query groups together: with heads pruned, the teacher's number of
+    query groups is how a nemo spec says "keep them" (engines/nemo/lint.py asks for it)."""
+    return (
+        target == "target_num_query_groups"
+        and loaded.spec.engine == "nemo"
+        and variant.target_num_attention_heads is not None
+    )
 
 
 def _llama_hidden_per_head(
@@ -705,6 +731,10 @@ def _exists(path: str | None) -> bool:
 def seq_length(loaded: LoadedSpec) -> Iterator[Problem]:
     positions = _known(teacher_shapes(loaded), "max_position_embeddings")
     value = loaded.spec.data.seq_length
+    if positions is not None and value > positions[0] and not loaded.is_set(("data", "seq_length")):
+        # the default is a length, not a choice the user made: it follows the teacher
+        loaded.spec.data.seq_length = positions[0]
+        return
     if positions is not None and value > positions[0]:
         yield loaded.locate(
             ("data", "seq_length"),

@@ -228,6 +228,10 @@ _SCALAR_FORMATS = {
     12: "d",
 }
 _STRING, _ARRAY = 8, 9
+# far above real files (a vocabulary is 32k-262k strings, a header some dozens of keys), far
+# below what takes long to walk: a header may declare any count over a sparse file
+MAX_GGUF_STRINGS = 1 << 22
+MAX_GGUF_KEYS = 1 << 16
 
 
 class _Cursor:
@@ -290,6 +294,10 @@ def _parse_gguf(buffer: memoryview, path: Path) -> dict[str, Any]:
         cursor.offset = 8
         cursor.take("Q")  # tensor count
         kv_count = cursor.take("Q")
+        if kv_count > MAX_GGUF_KEYS:
+            raise _BadValueType(
+                f"{kv_count:,} metadata keys declared (more than {MAX_GGUF_KEYS:,})"
+            )
         metadata: dict[str, Any] = {}
         for _ in range(kv_count):
             key = cursor.string()
@@ -318,6 +326,11 @@ def _gguf_value(cursor: _Cursor, value_type: int) -> Any:
             cursor.skip(count * struct.calcsize(_SCALAR_FORMATS[item_type]))
         elif item_type == _STRING:
             # each string has at least its 8-byte length: refuse absurd counts before looping
+            # (a sparse file holds any number of bytes, so cap the count itself too)
+            if count > MAX_GGUF_STRINGS:
+                raise _BadValueType(
+                    f"a string array declares {count:,} entries (more than {MAX_GGUF_STRINGS:,})"
+                )
             cursor._need(count * 8)
             cursor.offset = _skip_strings(cursor.buffer, cursor.offset, count, cursor.order)
         else:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from minispec.engines.nemo.values import check_values
 from minispec.errors import CompileError
 from minispec.shell import Arg, Command, ShellWord, join  # noqa: F401  (re-exported for engine code)
 
@@ -59,6 +60,7 @@ class Job:
 
 def launch(spec, job: Job) -> Command:
     """The command that runs ``job`` with the spec's ``nemo.launcher``."""
+    check_values(spec)  # no option smuggled in as an image, no line break (values.py)
     settings = spec.nemo_settings
     if settings.launcher == "slurm":
         return _slurm(settings, job)

@@ -171,8 +171,20 @@ def pruning(loaded) -> Iterator[Problem]:
             yield loaded.locate(
                 base + (missing,),
                 "NeMo prunes attention heads and query groups together: set both target_num_attention_heads and target_num_query_groups",
-                hint="keep the teacher's value for the one you do not want to change",
+                hint=_keep_hint(loaded, missing),
             )
+
+
+def _keep_hint(loaded, missing: str) -> str:
+    """Name the teacher's value, which is how to keep it (spec/rules.py accepts it for nemo)."""
+    shapes = _shapes(loaded)
+    attribute = (
+        "num_query_groups" if missing == "target_num_query_groups" else "num_attention_heads"
+    )
+    value = getattr(shapes, attribute, None) if shapes is not None else None
+    if value is None:
+        return "set it to the teacher's value to keep that number unchanged"
+    return f"set {missing}: {value} (the teacher's) to keep that number unchanged"
 
 
 def distillation(loaded) -> Iterator[Problem]:
@@ -258,7 +270,15 @@ def flavor_legacy(loaded) -> Iterator[Problem]:
     )
 
 
+def command_values(loaded) -> Iterator[Problem]:
+    from minispec.engines.nemo.values import value_problems
+
+    for path, message, hint in value_problems(loaded.spec):
+        yield loaded.locate(path, message, hint=hint)
+
+
 RULES = [
+    command_values,
     teacher_source,
     launcher,
     parallelism,

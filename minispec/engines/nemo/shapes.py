@@ -7,11 +7,28 @@ does, because ``megatron_gpt_pretraining.py`` builds the model from its YAML con
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 
 from minispec.sources import parse_source
+
+# the pipeline directory that relative teacher paths in a compiled spec are relative to (set
+# by the compiler), so a command restating the teacher's shapes does not depend on the cwd
+_PIPELINE_DIR: ContextVar[Path | None] = ContextVar("minispec_pipeline_dir", default=None)
+
+
+@contextlib.contextmanager
+def teacher_paths_relative_to(directory: Path) -> Iterator[None]:
+    token = _PIPELINE_DIR.set(Path(directory))
+    try:
+        yield
+    finally:
+        _PIPELINE_DIR.reset(token)
 
 
 @dataclass(frozen=True)
@@ -48,15 +65,18 @@ KNOWN_HUB_SHAPES: dict[str, TeacherShapes] = {
 def from_hf_config(config: dict) -> TeacherShapes:
     """Shapes from a Hugging Face ``config.json`` of a Llama-family model."""
     heads = int(config["num_attention_heads"])
-    rope_scaling = config.get("rope_scaling") or {}
+    # transformers 5 nests RoPE settings in `rope_parameters`; 4.x has them at the top level
+    nested = config.get("rope_parameters") or {}
+    rope_scaling = config.get("rope_scaling") or nested
     rope_type = rope_scaling.get("rope_type") or rope_scaling.get("type")
+    rope_theta = config.get("rope_theta", nested.get("rope_theta", 10000.0))
     return TeacherShapes(
         num_layers=int(config["num_hidden_layers"]),
         hidden_size=int(config["hidden_size"]),
         ffn_hidden_size=int(config["intermediate_size"]),
         num_attention_heads=heads,
         num_query_groups=int(config.get("num_key_value_heads") or heads),
-        rotary_base=float(config.get("rope_theta", 10000.0)),
+        rotary_base=float(rope_theta),
         llama3_rope_scaling=rope_type == "llama3",
         tie_embeddings=bool(config.get("tie_word_embeddings", False)),
     )
@@ -73,8 +93,9 @@ def teacher_shapes(source_text: str, base: Path | None = None) -> TeacherShapes 
     if source.kind != "local" or source.is_gguf:
         return None
     path = Path(source.path)
+    base = base if base is not None else _PIPELINE_DIR.get()
     if not path.is_absolute() and base is not None:
-        path = base / path
+        path = Path(os.path.normpath(base / path))  # '../x' of a directory not created yet
     config = path / "config.json"
     if not config.is_file():
         return None
