@@ -10,6 +10,7 @@ tags become our curves and metrics; lint refuses what the scripts cannot do.
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -31,6 +32,7 @@ from minispec.engines.nemo.commands import commands_for, stage_lines
 from minispec.errors import StageError
 
 REPO = Path(__file__).resolve().parents[3]
+SHARED = Path(os.environ.get("MINISPEC_SHARED", REPO.parent / "shared"))
 sys.path.insert(0, str(REPO / "tests" / "engines" / "torch"))  # prune_support: pipeline dirs
 SHARED_FACTS = "modelopt-bridge-cli-facts.json"
 OUR_MODULES = {"minispec"}  # python -m minispec ...: our own stage code inside the container
@@ -38,9 +40,7 @@ OUR_MODULES = {"minispec"}  # python -m minispec ...: our own stage code inside 
 
 @pytest.fixture(scope="session")
 def bridge_facts() -> dict:
-    from conftest import FACTS_FILE  # tests/engines/nemo/conftest.py: NeMo's facts beside ours
-
-    path = FACTS_FILE.with_name(SHARED_FACTS)
+    path = SHARED / "reference" / SHARED_FACTS
     if not path.is_file():
         pytest.fail(f"{path} not found (set MINISPEC_SHARED)")
     return json.loads(path.read_text())
