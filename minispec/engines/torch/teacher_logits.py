@@ -336,6 +336,8 @@ def build(spec: Spec, root: Path, ctx) -> None:
     partial = None
     if ctx.is_main:
         target.parent.mkdir(parents=True, exist_ok=True)
+        for stale in target.parent.glob(f".{target.name}.*.partial"):  # left by a killed run
+            shutil.rmtree(stale, ignore_errors=True)
         partial = tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
     partial = Path(ctx.broadcast_object(partial))
     committed = False
