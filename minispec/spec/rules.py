@@ -432,7 +432,7 @@ def intermediate_layers(loaded: LoadedSpec) -> Iterator[Problem]:
                 )
 
 
-@rule("distill")
+@rule("distill", "engine")
 def teacher_logits(loaded: LoadedSpec) -> Iterator[Problem]:
     """Cached teacher logits hold the top-k log-probabilities only: no hidden states, and K
     cannot exceed the vocabulary."""
