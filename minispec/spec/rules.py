@@ -448,6 +448,13 @@ def teacher_logits(loaded: LoadedSpec) -> Iterator[Problem]:
             "intermediate losses need the teacher's hidden states, which distill.teacher_logits does not keep",
             hint="remove distill.loss.intermediate, or remove distill.teacher_logits to run the teacher online",
         )
+    if spec.distill.loss.alpha == 0:
+        yield loaded.locate(
+            base,
+            "distill.loss.alpha is 0: the students never read the teacher, so its cached logits would be computed for nothing",
+            hint="remove distill.teacher_logits, or raise distill.loss.alpha",
+            severity="warning",
+        )
     vocab = _known(teacher_shapes(loaded), "vocab_size")
     top_k = spec.distill.teacher_logits.top_k
     if vocab is not None and top_k > vocab[0]:
