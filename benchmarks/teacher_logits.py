@@ -172,9 +172,13 @@ def train_config(args, device: torch.device, kind: str) -> TrainConfig:
     )
 
 
+def cache_name(args, k: int, device: torch.device) -> str:
+    return f"cache-k{k}-{args.steps}x{args.global_batch_size}x{args.seq_length}-seed{args.seed}-{device.type}"
+
+
 def build_cache(args, teacher_dir: Path, tokens: Path, device: torch.device, k: int) -> dict:
     """The stage's own writer over exactly the windows the run reads → ``WORKDIR/cache-K``."""
-    target = args.workdir / f"cache-{k}-{args.steps}x{args.global_batch_size}-{device.type}"
+    target = args.workdir / cache_name(args, k, device)
     windows = TokenWindows(tokens / "train_text_document", args.seq_length)
     ids = distill_windows(len(windows), args.steps * args.global_batch_size, args.seed)
     if (target / MANIFEST).exists():
@@ -216,9 +220,7 @@ def train_worker(args, mode: str) -> dict:
     else:
         k = int(mode.split("-")[1])
         built = build_cache(args, teacher_dir, tokens, device, k)
-        cache = TeacherLogits(
-            args.workdir / f"cache-{k}-{args.steps}x{args.global_batch_size}-{device.type}"
-        )
+        cache = TeacherLogits(args.workdir / cache_name(args, k, device))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     student = load_model(student_dir, dtype=torch.float32, device=device)
