@@ -217,7 +217,8 @@ class TeacherLogitsSpec(StrictModel):
         description=(
             "Teacher log-probabilities kept per token (the K most likely tokens); the rest of "
             "the distribution is one tail bucket. About K × 4.1 + 4 bytes per token before "
-            "compression; K ≥ 32 keeps the loss close to online distillation."
+            "compression; a larger K follows online distillation more closely "
+            "(K = vocabulary reproduces it; see docs/teacher-logits.md)."
         ),
     )
 
