@@ -53,4 +53,3 @@ def test_several_devices_compute_the_cache_with_torchrun(tmp_path):
         "--nproc-per-node",
         "2",
     ]
-
