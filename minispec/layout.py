@@ -18,6 +18,7 @@ TOKENS_DIR = "data/tokens"  # tokenize stage: <split>_text_document.{bin,idx} pe
 TEACHER_DIR = "models/teacher"  # import stage
 CORRECTED_TEACHER_DIR = "models/teacher-corrected"  # finetune stage
 IMPORTANCE_DIR = "importance"  # importance stage (activation scores for width pruning)
+TEACHER_LOGITS_DIR = "data/teacher-logits"  # teacher_logits stage (offline teacher, top-k)
 
 # logs and metrics
 METRICS_DIR = "metrics"

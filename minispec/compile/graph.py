@@ -21,7 +21,9 @@ Stages, in order (``<v>`` is a prune variant):
     importance activation importance of the working teacher           (only with a width
                variant whose `importance` is `activation`)
     prune@<v>  working teacher → models/pruned/<v>
-    distill@<v> working teacher → models/students/<v>                  (for spec.students)
+    teacher_logits working teacher → data/teacher-logits: its top-k log-probabilities over the
+               windows distillation reads               (only with `distill.teacher_logits`)
+    distill@<v> working teacher (or its cached logits) → models/students/<v> (for spec.students)
     evaluate   every model on the evaluation splits
     report     metrics and curves → reports/
     export@<v> final model → export/<v>                                (for spec.exported)
@@ -46,6 +48,7 @@ STEPS = (
     "finetune",
     "importance",
     "prune",
+    "teacher_logits",
     "distill",
     "evaluate",
     "report",
@@ -118,6 +121,8 @@ def build_graph(spec: Spec) -> list[Stage]:
     if has_importance_stage(spec):
         stages.append(importance_stage(spec))
     stages += [prune_stage(spec, v) for v in spec.prune]
+    if has_teacher_logits_stage(spec):
+        stages.append(teacher_logits_stage(spec))
     stages += [distill_stage(spec, v) for v in spec.students]
     stages.append(evaluate_stage(spec))
     stages.append(report_stage(spec))
@@ -335,17 +340,64 @@ def prune_stage(spec: Spec, variant: str) -> Stage:
     )
 
 
+def has_teacher_logits_stage(spec: Spec) -> bool:
+    """Offline distillation: the torch engine caches the teacher's logits once for every student."""
+    return (
+        spec.engine == "torch"
+        and spec.distill is not None
+        and spec.distill.teacher_logits is not None
+        and bool(spec.students)
+    )
+
+
+# what decides the teacher_logits cache: which windows (steps × global batch, seed, length),
+# the teacher's arithmetic (precision, dtype, device) and K; not lr, loss or student settings,
+# so a new student or a student's new settings reuse it
+TEACHER_LOGITS_PARAMS = (
+    "distill.teacher_logits",
+    "distill.steps",
+    "distill.global_batch_size",
+    "data.seq_length",
+    "seed",
+    "resources.precision",
+    *MODEL_LOADING,
+)
+
+
+def teacher_logits_stage(spec: Spec) -> Stage:
+    return Stage(
+        "teacher_logits",
+        "teacher_logits",
+        None,
+        "Run the working teacher once over the distillation windows; keep its top-k log-probabilities",
+        deps=[layout.working_teacher_dir(spec), layout.TOKENS_DIR],
+        params=list(TEACHER_LOGITS_PARAMS),
+        outs=[Out(layout.TEACHER_LOGITS_DIR)],
+    )
+
+
 def distill_stage(spec: Spec, variant: str) -> Stage:
     assert spec.distill is not None
     name = f"distill@{variant}"
-    # every distill setting except the list of students, which only decides which stages exist
-    settings = [f"distill.{key}" for key in type(spec.distill).model_fields if key != "students"]
+    # every distill setting except the list of students, which only decides which stages exist,
+    # and teacher_logits, whose settings reach the stage through the cache it reads
+    settings = [
+        f"distill.{key}"
+        for key in type(spec.distill).model_fields
+        if key not in ("students", "teacher_logits")
+    ]
+    # with cached teacher logits the teacher itself is not read
+    teacher = (
+        layout.TEACHER_LOGITS_DIR
+        if has_teacher_logits_stage(spec)
+        else layout.working_teacher_dir(spec)
+    )
     stage = Stage(
         name,
         "distill",
         variant,
         f"Distill the working teacher into the pruned {variant} student",
-        deps=[layout.pruned_dir(variant), layout.working_teacher_dir(spec), layout.TOKENS_DIR],
+        deps=[layout.pruned_dir(variant), teacher, layout.TOKENS_DIR],
         params=[*settings, "data.seq_length", "seed", *TRAINING_RESOURCES],
         outs=[Out(layout.student_dir(variant))],
     )

@@ -204,6 +204,25 @@ class LossSpec(StrictModel):
     )
 
 
+class TeacherLogitsSpec(StrictModel):
+    """An offline teacher: the `teacher_logits` stage runs the working teacher once over exactly
+    the windows distillation reads and stores its top-k log-probabilities plus the remaining
+    tail mass per token; every student then distills from that cache instead of running the
+    teacher (torch engine only; a sparse KL over the top-k tokens plus one tail bucket)."""
+
+    top_k: int = Field(
+        default=32,
+        ge=1,
+        le=1 << 20,
+        description=(
+            "Teacher log-probabilities kept per token (the K most likely tokens); the rest of "
+            "the distribution is one tail bucket. About K × 4.1 + 4 bytes per token before "
+            "compression; a larger K follows online distillation more closely "
+            "(K = vocabulary reproduces it; see docs/teacher-logits.md)."
+        ),
+    )
+
+
 class DistillSpec(TrainingSpec):
     """Knowledge distillation of the (corrected) teacher into each pruned student."""
 
@@ -213,6 +232,14 @@ class DistillSpec(TrainingSpec):
         description="Prune variants to distill (default: every prune variant).",
     )
     loss: LossSpec = Field(default_factory=LossSpec, description="Distillation loss.")
+    teacher_logits: TeacherLogitsSpec | None = Field(
+        default=None,
+        description=(
+            "Distill from cached teacher logits (a `teacher_logits` stage that every student "
+            "reuses) instead of running the teacher at every step; omit for online distillation. "
+            "Torch engine only; not with `loss.intermediate` (which needs the teacher's hidden states)."
+        ),
+    )
 
 
 # --------------------------------------------------------------------------------------------

@@ -446,6 +446,39 @@ def intermediate_layers(loaded: LoadedSpec) -> Iterator[Problem]:
                 )
 
 
+@rule("distill", "engine")
+def teacher_logits(loaded: LoadedSpec) -> Iterator[Problem]:
+    """Cached teacher logits hold the top-k log-probabilities only: no hidden states, and K
+    cannot exceed the vocabulary."""
+    spec = loaded.spec
+    if spec.distill is None or spec.distill.teacher_logits is None:
+        return
+    base = ("distill", "teacher_logits")
+    if spec.engine != "torch":
+        return  # the nemo engine's own rule says why it refuses the block
+    if spec.distill.loss.intermediate:
+        yield loaded.locate(
+            ("distill", "loss", "intermediate"),
+            "intermediate losses need the teacher's hidden states, which distill.teacher_logits does not keep",
+            hint="remove distill.loss.intermediate, or remove distill.teacher_logits to run the teacher online",
+        )
+    if spec.distill.loss.alpha == 0:
+        yield loaded.locate(
+            base,
+            "distill.loss.alpha is 0: the students never read the teacher, so its cached logits would be computed for nothing",
+            hint="remove distill.teacher_logits, or raise distill.loss.alpha",
+            severity="warning",
+        )
+    vocab = _known(teacher_shapes(loaded), "vocab_size")
+    top_k = spec.distill.teacher_logits.top_k
+    if vocab is not None and top_k > vocab[0]:
+        yield loaded.locate(
+            base + ("top_k",),
+            f"top_k {top_k} exceeds the teacher's vocabulary of {vocab[0]} tokens ({vocab[1]})",
+            hint=f"use at most {vocab[0]} (K = vocabulary keeps the whole distribution)",
+        )
+
+
 def student_layers(variant: Any, teacher_layers: int | None) -> int | None:
     """Decoder layers of a pruned student, when they can be known."""
     if isinstance(variant, DepthPrune):

@@ -158,8 +158,8 @@ def expected_view(pipeline):
 
 @pytest.mark.parametrize(
     "overrides",
-    [(), MIXED, ("finetune=null", "distill=null")],
-    ids=["quickstart", "mixed-variants", "prune-only"],
+    [(), MIXED, ("finetune=null", "distill=null"), ("distill.teacher_logits={top_k: 32}",)],
+    ids=["quickstart", "mixed-variants", "prune-only", "teacher-logits"],
 )
 def test_dvc_resolves_exactly_the_compiled_stages(tmp_path, overrides):
     from dvc.repo import Repo

@@ -191,6 +191,12 @@ def distillation(loaded) -> Iterator[Problem]:
     spec = loaded.spec
     if spec.distill is None:
         return
+    if spec.distill.teacher_logits is not None:
+        yield loaded.locate(
+            ("distill", "teacher_logits"),
+            "the nemo engine distills with the teacher online (NeMo's KD runs the teacher at every step); it has no cached teacher logits",
+            hint="remove distill.teacher_logits, or use engine: torch",
+        )
     loss = spec.distill.loss
     base = ("distill", "loss")
     if spec.nemo_settings.flavor == "bridge":

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from minispec.compile.graph import Stage
     from minispec.spec.model import Spec
 
-DISTRIBUTED_STEPS = frozenset({"finetune", "distill", "importance", "evaluate"})
+DISTRIBUTED_STEPS = frozenset({"finetune", "distill", "importance", "evaluate", "teacher_logits"})
 
 
 def stage_commands(spec: Spec, stage: Stage) -> list[list[str]]:

@@ -20,6 +20,7 @@ STEPS: dict[str, str] = {
     "finetune": "minispec.engines.torch.train:run_finetune",
     "importance": "minispec.engines.torch.importance:run",
     "prune": "minispec.engines.torch.prune:run",
+    "teacher_logits": "minispec.engines.torch.teacher_logits:run",
     "distill": "minispec.engines.torch.train:run_distill",
     "evaluate": "minispec.engines.torch.evaluate:run",
     "report": "minispec.report:run_stage",

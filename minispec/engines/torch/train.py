@@ -328,6 +328,7 @@ class Trainer:
         *,
         vocab_size: int,
         ctx: DistContext | None = None,
+        teacher_cache=None,
     ):
         self.cfg = cfg
         self.ctx = ctx or DistContext(device=next(model.parameters()).device)
@@ -336,10 +337,13 @@ class Trainer:
         self.autocast_dtype = torch.bfloat16 if cfg.precision == "bf16" else None
         self.log_interval = cfg.log_interval or (10 if self.device.type == "cuda" else 1)
         loss = cfg.loss or LossConfig(alpha=0.0)
-        self.alpha = loss.alpha if teacher is not None else 0.0
+        # cached teacher logits (teacher_logits.TeacherLogits) stand in for the teacher's forward
+        self.teacher_cache = teacher_cache
+        has_teacher = teacher is not None or teacher_cache is not None
+        self.alpha = loss.alpha if has_teacher else 0.0
         self.pairs = list(loss.intermediate) if teacher is not None else []
         self.intermediate_weight = loss.intermediate_weight
-        self.computes_kd = teacher is not None and self.alpha > 0
+        self.computes_kd = has_teacher and self.alpha > 0
         self.divergence = (
             make_divergence(loss.kind, loss.temperature, vocab_size=vocab_size)
             if self.computes_kd
@@ -414,8 +418,9 @@ class Trainer:
             return tokens.pin_memory().to(self.device, non_blocking=True)
         return tokens.to(self.device)
 
-    def train_step(self, samples: torch.Tensor, lr: float) -> torch.Tensor:
-        """One optimizer update on this rank's share ``[GBS / W, L + 1]`` of a global batch.
+    def train_step(self, samples: torch.Tensor, lr: float, cached=None) -> torch.Tensor:
+        """One optimizer update on this rank's share ``[GBS / W, L + 1]`` of a global batch
+        (``cached``: the cached teacher of those samples, a ``sparse_kd.SparseTeacher``).
 
         Returns, without synchronising, a device tensor ``[4]``: this rank's token means of
         (loss, kd_loss, ce_loss, intermediate_loss) over the step.
@@ -424,10 +429,16 @@ class Trainer:
             group["lr"] = lr
         parts = torch.zeros(4, device=self.device)
         micro_batches = samples.split(self.cfg.micro_batch_size)
+        cached_micro = (
+            cached.split(self.cfg.micro_batch_size)
+            if cached is not None
+            else [None] * len(micro_batches)
+        )
         for index, micro in enumerate(micro_batches):
             last = index == len(micro_batches) - 1
             with self._gradient_sync(last):
-                parts += self._run_micro_step(self._to_device(micro))
+                teacher_part = cached_micro[index].to(self.device) if cached is not None else None
+                parts += self._run_micro_step(self._to_device(micro), teacher_part)
         if self.cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.parameters, self.cfg.grad_clip)
         self.optimizer.step()
@@ -435,7 +446,11 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=self._graph is None)
         return parts
 
-    def _run_micro_step(self, tokens: torch.Tensor) -> torch.Tensor:
+    def _run_micro_step(self, tokens: torch.Tensor, cached=None) -> torch.Tensor:
+        if cached is not None:
+            # cached teacher log-probabilities are new tensors every step, not a fixed graph
+            # input: those steps run as plain kernels
+            return self._micro_step(tokens, cached)
         if self.use_cuda_graphs and self._graph is None:
             try:
                 self._graph = MicroStepGraph(self._micro_step, tokens, self.parameters)
@@ -460,7 +475,7 @@ class Trainer:
             return self.module.no_sync()
         return contextlib.nullcontext()
 
-    def _micro_step(self, tokens: torch.Tensor) -> torch.Tensor:
+    def _micro_step(self, tokens: torch.Tensor, cached=None) -> torch.Tensor:
         inputs, labels = tokens[:, :-1], tokens[:, 1:]
         normalizer = self.tokens_per_rank_step
         with self._autocast():
@@ -471,7 +486,12 @@ class Trainer:
                     teacher_hidden = [self.teacher_capture.outputs[t - 1] for _, t in self.pairs]
                     self.teacher_capture.outputs.clear()
             logits, projected = self.module(inputs)
-            total, kd_sum, ce_sum = logits_objective(
+            objective = logits_objective
+            if cached is not None and self.computes_kd:  # the teacher from its cache
+                from minispec.engines.torch.sparse_kd import sparse_logits_objective as objective
+
+                teacher_logits = cached
+            total, kd_sum, ce_sum = objective(
                 logits,
                 teacher_logits if self.computes_kd else None,
                 labels,
@@ -940,8 +960,12 @@ def _fit(
     while run.step < cfg.steps:
         step = run.step
         lr = lr_at(step, cfg)
-        samples = train_windows.batch(plan.windows_for_step(step))
-        parts = trainer.train_step(samples, lr)
+        window_ids = plan.windows_for_step(step)
+        samples = train_windows.batch(window_ids)
+        cached = (
+            trainer.teacher_cache.batch(window_ids) if trainer.teacher_cache is not None else None
+        )
+        parts = trainer.train_step(samples, lr, cached)
         run.step = step = step + 1
         pending.append((step, lr, parts))
         tracker.advance()
@@ -1096,7 +1120,8 @@ def run_distill(spec: Spec, variant: str | None, root: Path) -> None:
         section="distill",
         stage=f"distill@{variant}",
         init_dir=layout.pruned_dir(variant),
-        teacher_dir=layout.working_teacher_dir(spec),
+        # with cached teacher logits the teacher is not read (the cache is opened in _run_training)
+        teacher_dir=None if spec.distill.teacher_logits else layout.working_teacher_dir(spec),
         output_dir=layout.student_dir(variant),
     )
 
@@ -1151,6 +1176,12 @@ def _run_training(
     train_windows.require(1, f"{stage} (train split)")
     val_windows.require(1, f"{stage} (validation split)")
     inputs = {"model": init_dir, "train": train_windows.prefix, "validation": val_windows.prefix}
+    teacher_cache = None
+    if section == "distill" and spec.distill.teacher_logits is not None:
+        from minispec.engines.torch.teacher_logits import open_for_training
+
+        teacher_cache = open_for_training(spec, root, cfg, train_windows, tokenizer, vocab_size)
+        inputs["teacher_logits"] = teacher_cache.directory
     if teacher_dir is not None:
         inputs["teacher"] = teacher_dir
     fingerprint = run_fingerprint(cfg, inputs)
@@ -1171,7 +1202,9 @@ def _run_training(
             teacher_dir, dtype=teacher_dtype, device=load_device, trust_remote_code=trust
         )
 
-    trainer = Trainer(cfg, model, teacher, vocab_size=vocab_size, ctx=ctx)
+    trainer = Trainer(
+        cfg, model, teacher, vocab_size=vocab_size, ctx=ctx, teacher_cache=teacher_cache
+    )
     tracker = Recorder()
     if ctx.is_main:
         from minispec.engines.torch.tracking import StageTracker
