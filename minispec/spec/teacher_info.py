@@ -44,6 +44,7 @@ class TeacherShapes:
     head_dim: int | None = None
     max_position_embeddings: int | None = None
     vocab_size: int | None = None
+    tie_word_embeddings: bool | None = None  # None: the source does not say
 
     def describe(self) -> str:
         return (
@@ -149,6 +150,9 @@ def config_shapes(config: Path, origin: str) -> TeacherShapes:
         head_dim=head_dim,
         max_position_embeddings=_int(data.get("max_position_embeddings")),
         vocab_size=_int(data.get("vocab_size")),
+        tie_word_embeddings=data.get("tie_word_embeddings")
+        if isinstance(data.get("tie_word_embeddings"), bool)
+        else None,
     )
 
 
