@@ -327,8 +327,11 @@ def advice(plan: StagePlan, step: str, spec, device: Device, devices: int) -> li
     batch_part = memory.get("activations", 0) + memory.get("logits", 0)
     if step in ("finetune", "distill", "search-distill"):
         block = spec.finetune if step == "finetune" else spec.distill
-        if block.micro_batch_size > 1 and batch_part > plan.peak - device.memory:
-            tips.append(f"lower micro_batch_size (now {block.micro_batch_size}; activations and logits scale with it)")
+        if block.micro_batch_size > 1 and batch_part > 0:
+            tips.append(
+                f"lower micro_batch_size (now {block.micro_batch_size}; activations and logits, "
+                f"{fmt_bytes(batch_part)}, scale with it)"
+            )
         tips.append("activation checkpointing (minispec plan --activation-checkpointing shows the effect)")
         if memory.get("weights", 0) + memory.get("grads+optimizer", 0) > 0.3 * device.memory:
             tips.append(f"more devices with strategy: fsdp (weights, gradients and optimizer state shard; now {devices})")
