@@ -59,8 +59,8 @@ def test_plan_warns_and_says_what_to_change_when_a_stage_does_not_fit(data_dir):
     # checkpointing shrinks the activations the warning blames
     plain = plan("--set", f"data.source={data_dir}", "--set", "finetune.micro_batch_size=8")
     ckpt = plan("--set", f"data.source={data_dir}", "--set", "finetune.micro_batch_size=8", "--activation-checkpointing")
-    act = lambda out: next(l for l in out.splitlines() if l.startswith("finetune ")).split()[6]  # noqa: E731
-    assert act(plain.output) != act(ckpt.output)
+    peak = lambda out: float(next(l for l in out.splitlines() if l.startswith("finetune ")).split()[1])  # noqa: E731
+    assert peak(ckpt.output) < peak(plain.output)  # both in GiB at these sizes
 
 
 def test_plan_does_not_import_torch(data_dir):
