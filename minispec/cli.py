@@ -250,9 +250,21 @@ def run_command(
     show_default=True,
     help="Device preset: memory, matmul rate and training efficiency.",
 )
-@click.option("--matmul-tflops", type=float, default=None, help="Use this dense matmul rate (TFLOP/s) instead of the preset's.")
-@click.option("--measure", is_flag=True, help="Measure this machine's matmul rate first (imports torch).")
-@click.option("--memory-gib", type=float, default=None, help="Device memory in GiB instead of the preset's (host memory for cpu).")
+@click.option(
+    "--matmul-tflops",
+    type=float,
+    default=None,
+    help="Use this dense matmul rate (TFLOP/s) instead of the preset's.",
+)
+@click.option(
+    "--measure", is_flag=True, help="Measure this machine's matmul rate first (imports torch)."
+)
+@click.option(
+    "--memory-gib",
+    type=float,
+    default=None,
+    help="Device memory in GiB instead of the preset's (host memory for cpu).",
+)
 @click.option(
     "--activation-checkpointing",
     is_flag=True,

@@ -271,7 +271,9 @@ def plan_spec(spec, shapes, device: Device, *, checkpointing: bool = False) -> l
             steps = block.steps
             if step == "search-distill":
                 settings = spec.prune[name]
-                steps = max(1, math.ceil(settings.short_distill.tokens / (block.global_batch_size * seq)))
+                steps = max(
+                    1, math.ceil(settings.short_distill.tokens / (block.global_batch_size * seq))
+                )
             tokens = steps * block.global_batch_size * seq
             # validation forwards: val_batches batches of global_batch_size every val_interval
             validations = steps // block.val_interval + 1
@@ -290,15 +292,21 @@ def plan_spec(spec, shapes, device: Device, *, checkpointing: bool = False) -> l
             plan.memory = forward_memory([teacher, teacher], seq, max(1, 4096 // seq), device)
             # calibration forwards: the importance pass, depth scoring (target_num_layers) and
             # the search's layer scores; the prune stages then score 16 validation windows
-            calibrates = step in ("importance", "search") or getattr(settings, "target_num_layers", None)
+            calibrates = step in ("importance", "search") or getattr(
+                settings, "target_num_layers", None
+            )
             passes = samples * seq if calibrates else 0
             if step == "prune" or step == "search-prune":
                 passes += 2 * 16 * seq  # teacher and pruned model on the validation windows
             if step == "search":
-                passes += settings.max_candidates * 16 * seq  # each candidate on the validation windows
+                passes += (
+                    settings.max_candidates * 16 * seq
+                )  # each candidate on the validation windows
             plan.flops = passes * forward_flops_per_token(teacher, seq)
             plan.seconds = plan.flops / (device.effective_flops * FORWARD_SPEEDUP)
-            shape = students.get(variant.rpartition("-")[0] if step == "search-prune" else variant or "", teacher)
+            shape = students.get(
+                variant.rpartition("-")[0] if step == "search-prune" else variant or "", teacher
+            )
             plan.disk = weight_bytes * shape.params if step in ("prune", "search-prune") else 0.0
         elif step == "evaluate":
             models = [teacher] * (2 if spec.finetune else 1) + list(students.values())
@@ -332,13 +340,20 @@ def advice(plan: StagePlan, step: str, spec, device: Device, devices: int) -> li
                 f"lower micro_batch_size (now {block.micro_batch_size}; activations and logits, "
                 f"{fmt_bytes(batch_part)}, scale with it)"
             )
-        tips.append("activation checkpointing (minispec plan --activation-checkpointing shows the effect)")
+        tips.append(
+            "activation checkpointing (minispec plan --activation-checkpointing shows the effect)"
+        )
         if memory.get("weights", 0) + memory.get("grads+optimizer", 0) > 0.3 * device.memory:
-            tips.append(f"more devices with strategy: fsdp (weights, gradients and optimizer state shard; now {devices})")
+            tips.append(
+                f"more devices with strategy: fsdp (weights, gradients and optimizer state shard; now {devices})"
+            )
         if not device.gpu or spec.resources.precision == "fp32":
             tips.append("precision: bf16 on a GPU (half the activations and teacher weights)")
     tips.append(f"a shorter data.seq_length (now {spec.data.seq_length})")
-    return [f"needs {fmt_bytes(plan.peak)}, {over:.1f}× the device's {fmt_bytes(device.memory)}: " + "; ".join(tips)]
+    return [
+        f"needs {fmt_bytes(plan.peak)}, {over:.1f}× the device's {fmt_bytes(device.memory)}: "
+        + "; ".join(tips)
+    ]
 
 
 # --------------------------------------------------------------------------------------------
@@ -417,7 +432,17 @@ def fmt_flops(value: float) -> str:
 
 
 def render(plans: list[StagePlan], device: Device) -> list[str]:
-    header = ("stage", "peak memory", "weights", "grads+optim", "activations", "logits", "FLOPs", "time", "disk")
+    header = (
+        "stage",
+        "peak memory",
+        "weights",
+        "grads+optim",
+        "activations",
+        "logits",
+        "FLOPs",
+        "time",
+        "disk",
+    )
     rows = []
     for p in plans:
         m = p.memory
@@ -440,9 +465,16 @@ def render(plans: list[StagePlan], device: Device) -> list[str]:
         f"{device.tflops:g} TFLOP/s × efficiency {device.efficiency:g}"
     ]
     for r in [header, *rows]:
-        lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
+        lines.append(
+            "  ".join(
+                c.ljust(w) if i == 0 else c.rjust(w)
+                for i, (c, w) in enumerate(zip(r, widths, strict=True))
+            )
+        )
     total = sum(p.seconds for p in plans)
-    lines.append(f"total: {fmt_seconds(total)} of compute, {fmt_bytes(sum(p.disk for p in plans))} of outputs (data, start-up and generation not counted)")
+    lines.append(
+        f"total: {fmt_seconds(total)} of compute, {fmt_bytes(sum(p.disk for p in plans))} of outputs (data, start-up and generation not counted)"
+    )
     for p in plans:
         for warning in p.warnings:
             lines.append(f"warning: {p.name}: {warning}")

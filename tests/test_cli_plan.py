@@ -42,7 +42,14 @@ def test_plan_lists_every_stage_with_memory_flops_time_and_disk(data_dir):
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert "peak memory" in lines[1] and "FLOPs" in lines[1] and "disk" in lines[1]
-    for stage in ("finetune", "importance", "prune@depth", "distill@width", "evaluate", "export@depth"):
+    for stage in (
+        "finetune",
+        "importance",
+        "prune@depth",
+        "distill@width",
+        "evaluate",
+        "export@depth",
+    ):
         assert any(line.startswith(stage + " ") for line in lines), stage
     finetune = next(line for line in lines if line.startswith("finetune "))
     assert "GiB" in finetune and "TFLOP" in finetune
@@ -51,16 +58,36 @@ def test_plan_lists_every_stage_with_memory_flops_time_and_disk(data_dir):
 
 def test_plan_warns_and_says_what_to_change_when_a_stage_does_not_fit(data_dir):
     need_smollm2()
-    result = plan("--set", f"data.source={data_dir}", "--memory-gib", "2", "--set", "finetune.micro_batch_size=8")
+    result = plan(
+        "--set",
+        f"data.source={data_dir}",
+        "--memory-gib",
+        "2",
+        "--set",
+        "finetune.micro_batch_size=8",
+    )
     assert result.exit_code == 0
-    warning = next(line for line in result.output.splitlines() if line.startswith("warning: finetune:"))
+    warning = next(
+        line for line in result.output.splitlines() if line.startswith("warning: finetune:")
+    )
     assert "lower micro_batch_size (now 8" in warning
     assert "activation checkpointing" in warning and "data.seq_length" in warning
     # checkpointing shrinks the activations the warning blames
     plain = plan("--set", f"data.source={data_dir}", "--set", "finetune.micro_batch_size=8")
-    ckpt = plan("--set", f"data.source={data_dir}", "--set", "finetune.micro_batch_size=8", "--activation-checkpointing")
-    peak = lambda out: float(next(l for l in out.splitlines() if l.startswith("finetune ")).split()[1])  # noqa: E731
-    assert peak(ckpt.output) < peak(plain.output)  # both in GiB at these sizes
+    ckpt = plan(
+        "--set",
+        f"data.source={data_dir}",
+        "--set",
+        "finetune.micro_batch_size=8",
+        "--activation-checkpointing",
+    )
+    assert finetune_peak(ckpt.output) < finetune_peak(plain.output)  # both in GiB at these sizes
+
+
+def finetune_peak(output: str) -> float:
+    """The finetune row's peak memory (GiB at the quickstart's sizes)."""
+    row = next(line for line in output.splitlines() if line.startswith("finetune "))
+    return float(row.split()[1])
 
 
 def test_plan_does_not_import_torch(data_dir):
@@ -87,7 +114,11 @@ SMOLLM2 = Shape(30, 576, 1536, 9, 3, 64, 49152, True)
     ],
 )
 def test_cpu_peak_memory_within_25_percent_of_the_measured(student, teacher, micro_batch, measured):
-    estimate = sum(training_memory(student, teacher, micro_batch=micro_batch, seq=256, device=device_from("cpu")).values())
+    estimate = sum(
+        training_memory(
+            student, teacher, micro_batch=micro_batch, seq=256, device=device_from("cpu")
+        ).values()
+    )
     assert abs(estimate / measured - 1) <= 0.25
 
 

@@ -117,9 +117,7 @@ def head_choices(dims: TeacherDims, settings) -> list[int]:
         return [dims.num_attention_heads]
     least = math.ceil(dims.num_attention_heads * (1 - settings.max_width_pruning))
     per_group = dims.num_attention_heads // groups
-    return [
-        groups * k for k in range(per_group, 0, -1) if groups * k >= max(least, groups)
-    ]
+    return [groups * k for k in range(per_group, 0, -1) if groups * k >= max(least, groups)]
 
 
 def width_choices(size: int, settings, axis: str, unit: int) -> list[int]:
@@ -170,9 +168,7 @@ def budget(settings) -> int:
 
 def all_architectures(dims: TeacherDims, settings) -> list[Arch]:
     heads = head_choices(dims, settings)
-    hiddens = width_choices(
-        dims.hidden_size, settings, "hidden_size", hidden_unit(dims, heads)
-    )
+    hiddens = width_choices(dims.hidden_size, settings, "hidden_size", hidden_unit(dims, heads))
     ffns = width_choices(
         dims.ffn_hidden_size, settings, "ffn_hidden_size", rounding_unit(dims.ffn_hidden_size)
     )

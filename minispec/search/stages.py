@@ -158,7 +158,11 @@ def run_search(spec, variant: str | None, root: Path) -> None:
     scores = width_scores(spec, settings, config, root)
     model, _tokenizer, device = load_teacher(spec, root)
     windows, indices = calibration_set(
-        root, spec.data.seq_length, settings.calibration_samples, spec.seed, f"{where}.calibration_samples"
+        root,
+        spec.data.seq_length,
+        settings.calibration_samples,
+        spec.seed,
+        f"{where}.calibration_samples",
     )
     depth = score_layers(model, iter_batches(windows, indices, device), 1, block_losses=False)
     val_windows, val_indices = validation
@@ -179,7 +183,9 @@ def run_search(spec, variant: str | None, root: Path) -> None:
                 "val_loss_pruned": loss,
             }
         )
-        print(f"search@{variant}: {candidate.id} {candidate.arch.label()} loss after pruning {loss:.4f}")
+        print(
+            f"search@{variant}: {candidate.id} {candidate.arch.label()} loss after pruning {loss:.4f}"
+        )
         del pruned
     ranked = sorted(records, key=lambda r: (r["val_loss_pruned"], r["id"]))
     for rank, record in enumerate(ranked, start=1):
@@ -187,7 +193,9 @@ def run_search(spec, variant: str | None, root: Path) -> None:
     data = {
         "variant": variant,
         "budget": {
-            "kind": "params_total" if settings.target_params is not None else "params_non_embedding",
+            "kind": "params_total"
+            if settings.target_params is not None
+            else "params_non_embedding",
             "target": budget(settings),
             "tolerance": settings.budget_tolerance,
         },
@@ -241,7 +249,12 @@ def run_search_prune(spec, key: str | None, root: Path) -> None:
     print(f"search-prune@{key}: {record['id']} loss after pruning {loss:.4f}")
     write_json_atomic(
         root / layout.metrics_path(f"search-prune@{key}"),
-        {"candidate": record["id"], "slot": slot, "val_loss": loss, "dropped_layers": [i + 1 for i in dropped]},
+        {
+            "candidate": record["id"],
+            "slot": slot,
+            "val_loss": loss,
+            "dropped_layers": [i + 1 for i in dropped],
+        },
     )
 
 
@@ -253,7 +266,9 @@ def short_distill_spec(spec, settings):
     """The spec's distill block with the short run's steps; intermediate-layer losses are left
     out (their layer pairs name one student's layers, and candidates differ in depth)."""
     if spec.distill is None:
-        raise StageError("a search variant needs a distill block (the short distillation uses its settings)")
+        raise StageError(
+            "a search variant needs a distill block (the short distillation uses its settings)"
+        )
     tokens_per_step = spec.distill.global_batch_size * spec.data.seq_length
     steps = max(1, math.ceil(settings.short_distill.tokens / tokens_per_step))
     distill = spec.distill.model_copy(
@@ -286,7 +301,9 @@ def run_search_distill(spec, key: str | None, root: Path) -> None:
         teacher_dir=layout.working_teacher_dir(spec),
         output_dir=layout.search_student_dir(key),
     )
-    record = read_json(root / layout.search_pruned_dir(key) / CANDIDATE_FILE, "the pruned candidate")
+    record = read_json(
+        root / layout.search_pruned_dir(key) / CANDIDATE_FILE, "the pruned candidate"
+    )
     device = modeling.resolve_device(spec.resources.accelerator)
     model = modeling.load_model(
         root / layout.search_student_dir(key),
@@ -317,7 +334,9 @@ def run_rank(spec, variant: str, root: Path) -> None:
     distilled = []
     for slot in range(1, len(data["slots"]) + 1):
         key = layout.search_slot(variant, slot)
-        metrics = read_json(root / layout.metrics_path(f"search-distill@{key}"), f"search-distill@{key}")
+        metrics = read_json(
+            root / layout.metrics_path(f"search-distill@{key}"), f"search-distill@{key}"
+        )
         record = by_id[metrics["candidate"]]
         record["val_loss_short_distill"] = metrics["search_val_loss"]
         record["short_distill_tokens"] = metrics.get("tokens")
@@ -334,7 +353,16 @@ def run_rank(spec, variant: str, root: Path) -> None:
                 shutil.copy2(file, tmp / file.name)
     best_after_pruning = min(distilled, key=lambda r: r["rank_pruned"])
     teacher = data["teacher"]
-    sizes = {k: winner[k] for k in ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups")}
+    sizes = {
+        k: winner[k]
+        for k in (
+            "num_layers",
+            "hidden_size",
+            "ffn_hidden_size",
+            "num_attention_heads",
+            "num_query_groups",
+        )
+    }
     metrics = {
         "kind": "search",
         "winner": winner["id"],
@@ -376,5 +404,9 @@ def run_rank(spec, variant: str, root: Path) -> None:
     print(
         f"prune@{variant}: {winner['id']} ({arch_of(winner).label()}) wins with loss "
         f"{winner['val_loss_short_distill']:.4f} after the short distillation"
-        + (f"; right after pruning {best_after_pruning['id']} led" if metrics["ranking_changed"] else "")
+        + (
+            f"; right after pruning {best_after_pruning['id']} led"
+            if metrics["ranking_changed"]
+            else ""
+        )
     )

@@ -342,7 +342,9 @@ class SearchPrune(StrictModel):
         description="Sizes tried per width axis, evenly spaced from the teacher's size down to the most pruning allowed.",
     )
     depth_step: int = Field(
-        default=1, ge=1, description="Layer counts tried: the teacher's, then every `depth_step` fewer."
+        default=1,
+        ge=1,
+        description="Layer counts tried: the teacher's, then every `depth_step` fewer.",
     )
     max_candidates: int = Field(
         default=16,

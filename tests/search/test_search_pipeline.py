@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from real_pipeline import dvc, minispec, run_pipeline, stages_cached, stages_run, write_project
+from real_pipeline import dvc, minispec, stages_run, write_project
 
 SEARCH = """\
 prune:
@@ -49,7 +49,13 @@ SLOTS = ["best-1", "best-2", "best-3"]
 def test_every_search_stage_ran_through_dvc(search_run):
     root, _spec, output = search_run
     expected = ["search@best"] + [f"search-prune@{s}" for s in SLOTS]
-    expected += [f"search-distill@{s}" for s in SLOTS] + ["prune@best", "distill@best", "evaluate", "report", "export@best"]
+    expected += [f"search-distill@{s}" for s in SLOTS] + [
+        "prune@best",
+        "distill@best",
+        "evaluate",
+        "report",
+        "export@best",
+    ]
     ran = stages_run(output)
     for name in expected:
         assert name in ran
@@ -104,10 +110,10 @@ def test_a_new_full_distill_setting_reuses_every_candidate(search_run, tmp_path)
     copy = tmp_path / "copy"
     shutil.copytree(root, copy, symlinks=True)
     done = run_pipeline_spec(copy, spec, "distill.steps=4")
-    assert not any(s.startswith("search") for s in stages_run(done.stdout))
-    assert "prune@best" not in stages_run(done.stdout)
-    assert "distill@best" in stages_run(done.stdout)
-    assert "search-distill@best-1" in stages_cached(done.stdout) or "search-distill@best-1" not in done.stdout
+    ran = stages_run(done.stdout)
+    # the short distillations set their own steps: only the full distillation and what
+    # follows it run again
+    assert sorted(ran) == ["distill@best", "evaluate", "export@best", "report"]
 
 
 def run_pipeline_spec(root: Path, spec: str, *changes: str):
@@ -153,7 +159,13 @@ def test_lint_refuses_a_budget_above_the_teacher(project):
 def test_lint_needs_exactly_one_budget_and_the_torch_engine(project):
     root, spec = project
     done = minispec(
-        root, "lint", spec, "--set", "prune.best.target_non_embedding_params=90000", "--set", "engine=nemo"
+        root,
+        "lint",
+        spec,
+        "--set",
+        "prune.best.target_non_embedding_params=90000",
+        "--set",
+        "engine=nemo",
     )
     assert done.returncode == 2
     assert "exactly one budget" in done.stdout + done.stderr
@@ -162,7 +174,9 @@ def test_lint_needs_exactly_one_budget_and_the_torch_engine(project):
 
 def test_compile_gives_one_slot_pair_per_top_k(project, tmp_path):
     root, spec = project
-    done = minispec(root, "run", spec, "--out", str(root), "--dry-run", "--set", "prune.best.top_k=2")
+    done = minispec(
+        root, "run", spec, "--out", str(root), "--dry-run", "--set", "prune.best.top_k=2"
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "search-prune@best-2: minispec stage search-prune best-2" in done.stdout
     assert "search-distill@best-2" in done.stdout and "best-3" not in done.stdout
