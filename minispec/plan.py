@@ -327,33 +327,59 @@ def plan_spec(spec, shapes, device: Device, *, checkpointing: bool = False) -> l
 
 
 def advice(plan: StagePlan, step: str, spec, device: Device, devices: int) -> list[str]:
+    """What to change so the stage fits: each tip names a setting and, where the estimate can
+    say, a value that fits (activations and logits grow linearly with the micro batch and with
+    the sequence length; weights, gradients and optimizer state shard over FSDP devices)."""
     if not device.memory or plan.peak <= device.memory:
         return []
     over = plan.peak / device.memory
     tips = []
     memory = plan.memory
     batch_part = memory.get("activations", 0) + memory.get("logits", 0)
+    room = device.memory - (plan.peak - batch_part)  # what the batch-dependent part may use
+    seq = spec.data.seq_length
     if step in ("finetune", "distill", "search-distill"):
         block = spec.finetune if step == "finetune" else spec.distill
-        if block.micro_batch_size > 1 and batch_part > 0:
+        mb = block.micro_batch_size
+        if mb > 1 and batch_part > 0:
+            fits = int(room / (batch_part / mb)) if room > 0 else 0
+            # lint wants global_batch_size to be a multiple of micro batch × data-parallel size
+            valid = [
+                m
+                for m in range(min(fits, mb - 1), 0, -1)
+                if block.global_batch_size % (m * devices) == 0
+            ]
+            hint = f"micro_batch_size: {valid[0]} fits" if valid else "even 1 does not fit"
             tips.append(
-                f"lower micro_batch_size (now {block.micro_batch_size}; activations and logits, "
-                f"{fmt_bytes(batch_part)}, scale with it)"
+                f"{block_name(step)}.micro_batch_size (now {mb}; activations and logits, "
+                f"{fmt_bytes(batch_part)}, scale with it; {hint})"
             )
         tips.append(
-            "activation checkpointing (minispec plan --activation-checkpointing shows the effect)"
+            "activation checkpointing (not a torch-engine setting yet; "
+            "`minispec plan --activation-checkpointing` shows what it would save)"
         )
-        if memory.get("weights", 0) + memory.get("grads+optimizer", 0) > 0.3 * device.memory:
+        sharded = memory.get("weights", 0) + memory.get("grads+optimizer", 0)
+        if device.gpu and sharded > 0.25 * device.memory:
             tips.append(
-                f"more devices with strategy: fsdp (weights, gradients and optimizer state shard; now {devices})"
+                f"resources.devices with strategy: fsdp (now {devices}; {fmt_bytes(sharded)} of "
+                "weights, gradients and optimizer state shard over them)"
             )
         if not device.gpu or spec.resources.precision == "fp32":
-            tips.append("precision: bf16 on a GPU (half the activations and teacher weights)")
-    tips.append(f"a shorter data.seq_length (now {spec.data.seq_length})")
+            tips.append(
+                "resources.precision: bf16 on a GPU (half the activations and teacher weights)"
+            )
+    if batch_part > 0:
+        fits = int(seq * room / batch_part) // 8 * 8 if room > 0 else 0
+        hint = f"; about {fits} fits" if 8 <= fits < seq else ""
+        tips.append(f"a shorter data.seq_length (now {seq}{hint})")
     return [
         f"needs {fmt_bytes(plan.peak)}, {over:.1f}× the device's {fmt_bytes(device.memory)}: "
         + "; ".join(tips)
     ]
+
+
+def block_name(step: str) -> str:
+    return "finetune" if step == "finetune" else "distill"
 
 
 # --------------------------------------------------------------------------------------------
