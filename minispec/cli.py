@@ -283,7 +283,7 @@ def plan_command(
 ) -> None:
     """Estimate every stage's peak memory, FLOPs, time and disk before running SPEC; warn when a stage will not fit."""
     from minispec.errors import MinispecError
-    from minispec.plan import device_from, measure_matmul_tflops, plan_spec, render
+    from minispec.plan import assumptions, device_from, measure_matmul_tflops, plan_spec, render
     from minispec.spec.rules import teacher_shapes
 
     loaded = load_for_pipeline(spec, overrides)
@@ -297,7 +297,7 @@ def plan_command(
         matmul_tflops = measure_matmul_tflops(gpu=device_name != "cpu")
     device = device_from(device_name, matmul_tflops, memory_gib)
     plans = plan_spec(loaded.spec, shapes, device, checkpointing=activation_checkpointing)
-    for line in render(plans, device):
+    for line in render(plans, device, assumptions(loaded.spec, device)):
         click.echo(line)
 
 

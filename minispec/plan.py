@@ -47,6 +47,8 @@ DEVICES: dict[str, tuple[float, float, float, str]] = {
 # FLOPs suggest; read from the CPU quickstart (importance, prune, evaluate vs finetune)
 FORWARD_SPEEDUP = 1.25
 GPU_RUNTIME = 1.5 * GiB
+# evaluate without max_windows scores whole splits, whose size is unknown before tokenizing
+ASSUMED_EVAL_WINDOWS = 1024
 CPU_RUNTIME = 0.5e9
 PLAIN_LOOP_LOGIT_BYTES = 22.0
 
@@ -289,7 +291,9 @@ def plan_spec(spec, shapes, device: Device, *, checkpointing: bool = False) -> l
             samples = getattr(settings, "calibration_samples", None) or max(
                 (getattr(v, "calibration_samples", 0) for v in spec.prune.values()), default=0
             )
-            plan.memory = forward_memory([teacher, teacher], seq, max(1, 4096 // seq), device)
+            # the teacher, and the pruned model beside it in the prune stages
+            held = [teacher] if step in ("importance", "search") else [teacher, teacher]
+            plan.memory = forward_memory(held, seq, max(1, 4096 // seq), device)
             # calibration forwards: the importance pass, depth scoring (target_num_layers) and
             # the search's layer scores; the prune stages then score 16 validation windows
             calibrates = step in ("importance", "search") or getattr(
@@ -303,20 +307,21 @@ def plan_spec(spec, shapes, device: Device, *, checkpointing: bool = False) -> l
                     settings.max_candidates * 16 * seq
                 )  # each candidate on the validation windows
             plan.flops = passes * forward_flops_per_token(teacher, seq)
-            plan.seconds = plan.flops / (device.effective_flops * FORWARD_SPEEDUP)
+            spread = devices if step == "importance" else 1  # torchrun over the devices
+            plan.seconds = plan.flops / (device.effective_flops * FORWARD_SPEEDUP * spread)
             shape = students.get(
                 variant.rpartition("-")[0] if step == "search-prune" else variant or "", teacher
             )
             plan.disk = weight_bytes * shape.params if step in ("prune", "search-prune") else 0.0
         elif step == "evaluate":
             models = [teacher] * (2 if spec.finetune else 1) + list(students.values())
-            windows = spec.evaluate.max_windows or 1024
+            windows = spec.evaluate.max_windows or ASSUMED_EVAL_WINDOWS
             tokens = windows * seq * len(spec.evaluate.splits)
             # one model at a time
             largest = max(models, key=lambda m: m.params)
             plan.memory = forward_memory([largest], seq, spec.evaluate.batch_size, device)
             plan.flops = sum(tokens * forward_flops_per_token(m, seq) for m in models)
-            plan.seconds = plan.flops / (device.effective_flops * FORWARD_SPEEDUP)
+            plan.seconds = plan.flops / (device.effective_flops * FORWARD_SPEEDUP * devices)
         elif step == "export":
             plan.disk = weight_bytes * students.get(variant, teacher).params
         elif step == "import":
@@ -457,7 +462,29 @@ def fmt_flops(value: float) -> str:
     return f"{value:.0f} FLOP"
 
 
-def render(plans: list[StagePlan], device: Device) -> list[str]:
+def assumptions(spec, device: Device) -> list[str]:
+    """What the estimate assumes that the spec does not say."""
+    notes = []
+    if device.gpu and spec.resources.devices > 1:
+        notes.append(
+            f"memory is per device; training shards weights, gradients and optimizer state over "
+            f"{spec.resources.devices} devices with FSDP (strategy: {spec.resources.strategy})"
+        )
+    if spec.evaluate.max_windows is None:
+        notes.append(
+            f"evaluate.max_windows is unset: assumed {ASSUMED_EVAL_WINDOWS} windows per split"
+        )
+    if spec.engine == "nemo":
+        notes.append(
+            "the estimate models the torch engine's trainer; NeMo's tensor and pipeline "
+            "parallelism split memory differently"
+        )
+    if spec.search_variants:
+        notes.append("a search variant is planned at its largest candidate")
+    return notes
+
+
+def render(plans: list[StagePlan], device: Device, notes: list[str] = ()) -> list[str]:
     header = (
         "stage",
         "peak memory",
@@ -501,6 +528,7 @@ def render(plans: list[StagePlan], device: Device) -> list[str]:
     lines.append(
         f"total: {fmt_seconds(total)} of compute, {fmt_bytes(sum(p.disk for p in plans))} of outputs (data, start-up and generation not counted)"
     )
+    lines += [f"note: {note}" for note in notes]
     for p in plans:
         for warning in p.warnings:
             lines.append(f"warning: {p.name}: {warning}")
