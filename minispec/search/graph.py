@@ -43,10 +43,17 @@ def score_stage(spec, variant: str) -> Stage:
         variant,
         f"Enumerate the architectures of search {variant} within its budget, score each right after pruning, keep the top_k",
         deps=[layout.working_teacher_dir(spec), layout.TOKENS_DIR, layout.IMPORTANCE_DIR],
-        params=[f"prune.{variant}", "data.seq_length", "seed", *MODEL_LOADING],
+        params=[*scoring_params(spec, variant), "data.seq_length", "seed", *MODEL_LOADING],
         outs=[Out(layout.search_dir(variant))],
         metrics=[Out(layout.metrics_path(name), cache=False)],
     )
+
+
+def scoring_params(spec, variant: str) -> list[str]:
+    """Every setting of the search but the short distillation's, which only its slots read
+    (a new token count must not re-score the candidates)."""
+    fields = type(spec.prune[variant]).model_fields
+    return [f"prune.{variant}.{key}" for key in fields if key != "short_distill"]
 
 
 def slot_prune_stage(spec, variant: str, key: str) -> Stage:

@@ -116,6 +116,23 @@ def test_a_new_full_distill_setting_reuses_every_candidate(search_run, tmp_path)
     assert sorted(ran) == ["distill@best", "evaluate", "export@best", "report"]
 
 
+@pytest.mark.slow
+def test_a_new_short_distill_length_rescores_nothing(search_run, tmp_path):
+    import shutil
+
+    root, spec, _ = search_run
+    copy = tmp_path / "copy"
+    shutil.copytree(root, copy, symlinks=True)
+    done = run_pipeline_spec(copy, spec, "prune.best.short_distill.tokens=256")
+    ran = stages_run(done.stdout)
+    assert not any(s.startswith(("search@", "search-prune@")) for s in ran)
+    assert [s for s in ran if s.startswith("search-distill@")] == [
+        f"search-distill@{s}" for s in SLOTS
+    ]
+    short = json.loads((copy / "metrics/search-distill-best-1.json").read_text())
+    assert short["steps"] == 1
+
+
 def run_pipeline_spec(root: Path, spec: str, *changes: str):
     args = [arg for change in changes for arg in ("--set", change)]
     done = minispec(root, "run", spec, "--out", str(root), *args)
