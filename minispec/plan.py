@@ -46,6 +46,7 @@ DEVICES: dict[str, tuple[float, float, float, str]] = {
 # forward-only passes (no autograd, no optimizer) run this much faster than a training step's
 # FLOPs suggest; read from the CPU quickstart (importance, prune, evaluate vs finetune)
 FORWARD_SPEEDUP = 1.25
+CPU_RAW_MATMUL_EFFICIENCY = 0.75
 GPU_RUNTIME = 1.5 * GiB
 # evaluate without max_windows scores whole splits, whose size is unknown before tokenizing
 ASSUMED_EVAL_WINDOWS = 1024
@@ -399,6 +400,10 @@ def device_from(name: str, tflops: float | None = None, memory_gib: float | None
     if tflops is not None:
         rate = tflops
         description += f"; matmul rate {tflops:g} TFLOP/s given"
+        if not gpu:
+            # the CPU preset's rate is already an effective training rate; a raw matmul rate
+            # needs the step's overheads taken off (assumed, not measured: RESULTS.md)
+            efficiency = CPU_RAW_MATMUL_EFFICIENCY
     if memory_gib is not None:
         memory = memory_gib * GiB
     return Device(name, memory, rate, efficiency, description, gpu)
