@@ -118,6 +118,7 @@ def test_verbose_shows_what_lint_checked_against():
         "intermediate_layers",
         "nemo_engine",
         "split_ratio_uses",
+        "search_variants",
     ]
 
 
