@@ -93,3 +93,17 @@ def test_depth_only_search_removes_layers_only():
     archs = [c.arch for c in enumerate_candidates(SMOLLM2, chosen)]
     assert archs and all(a == Arch(a.num_layers, 576, 1536, 9, 3) for a in archs)
     assert [a.num_layers for a in archs] == sorted((a.num_layers for a in archs), reverse=True)
+
+
+def test_lint_checks_a_search_against_the_gguf_teacher(smollm2_gguf):
+    from pathlib import Path
+
+    from minispec.spec.lint import lint_file
+    from minispec.spec.teacher_info import gguf_shapes
+
+    assert gguf_shapes(smollm2_gguf).tie_word_embeddings is True  # no output.weight tensor
+    spec = Path(__file__).resolve().parents[2] / "specs" / "smollm2-search.yaml"
+    assert lint_file(spec).ok
+    result = lint_file(spec, ["prune.best.budget_tolerance=0.001"])
+    messages = [p.message for p in result.errors]
+    assert any("0 architectures fit target_params 100,000,000" in m for m in messages), messages
