@@ -249,6 +249,67 @@ def run_command(
     run(loaded, out_dir, stage=stage_name, force=force, dry=dry_run, echo=click.echo)
 
 
+@cli.command("plan")
+@click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--device",
+    "device_name",
+    type=click.Choice(["cpu", "h100", "h200", "a100"]),
+    default="cpu",
+    show_default=True,
+    help="Device preset: memory, matmul rate and training efficiency.",
+)
+@click.option(
+    "--matmul-tflops",
+    type=float,
+    default=None,
+    help="Use this dense matmul rate (TFLOP/s) instead of the preset's.",
+)
+@click.option(
+    "--measure", is_flag=True, help="Measure this machine's matmul rate first (imports torch)."
+)
+@click.option(
+    "--memory-gib",
+    type=float,
+    default=None,
+    help="Device memory in GiB instead of the preset's (host memory for cpu).",
+)
+@click.option(
+    "--activation-checkpointing",
+    is_flag=True,
+    help="Estimate with activation checkpointing (each layer's input kept, the rest recomputed).",
+)
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
+@handle_errors
+def plan_command(
+    spec: Path,
+    device_name: str,
+    matmul_tflops: float | None,
+    measure: bool,
+    memory_gib: float | None,
+    activation_checkpointing: bool,
+    overrides: tuple[str, ...],
+) -> None:
+    """Estimate every stage's peak memory, FLOPs, time and disk before running SPEC; warn when a stage will not fit."""
+    from minispec.errors import MinispecError
+    from minispec.plan import assumptions, device_from, measure_matmul_tflops, plan_spec, render
+    from minispec.spec.rules import teacher_shapes
+
+    loaded = load_for_pipeline(spec, overrides)
+    shapes = teacher_shapes(loaded)
+    if shapes is None or shapes.num_hidden_layers is None or shapes.vocab_size is None:
+        raise MinispecError(
+            f"{spec}: the teacher's shapes are unknown, so there is nothing to estimate from",
+            hint="plan reads the teacher's config.json or GGUF metadata, as lint does: make it readable here",
+        )
+    if measure:
+        matmul_tflops = measure_matmul_tflops(gpu=device_name != "cpu")
+    device = device_from(device_name, matmul_tflops, memory_gib)
+    plans = plan_spec(loaded.spec, shapes, device, checkpointing=activation_checkpointing)
+    for line in render(plans, device, assumptions(loaded.spec, device)):
+        click.echo(line)
+
+
 @cli.command("status")
 @click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
 @click.option(

@@ -209,3 +209,45 @@ def report_models_path() -> str:
 def report_depth_scores_path(variant: str) -> str:
     """Per-layer depth importance of a variant as JSON records ``{layer, score, dropped}``."""
     return f"{REPORT_DATA_DIR}/depth-{variant}.json"
+
+
+# ---- architecture search (prune variants of kind `search`) ------------------------------------
+#
+# search@<v> enumerates and scores the candidates, writing search_candidates_path(v):
+#   {"variant", "budget": {...}, "teacher": {...}, "block_influence": [per layer, 0-based],
+#    "candidates": [{"id", num_layers, hidden_size, ffn_hidden_size, num_attention_heads,
+#                    num_query_groups, "params_total", "params_non_embedding",
+#                    "val_loss_pruned", "rank_pruned"}, ...],
+#    "slots": ["c07", "c02", ...]}   the top_k ids, best first: slot i (1-based) is slots[i-1]
+# search-prune@<v>-<i> prunes slot i into search_pruned_dir, search-distill@<v>-<i> distils it
+# briefly into search_student_dir; prune@<v> ranks the short-distilled slots and copies the
+# winner into pruned_dir(v), recording every candidate in metrics_path("prune@<v>")["search"].
+SEARCH_DIR = "search"
+
+
+def search_dir(variant: str) -> str:
+    return f"{SEARCH_DIR}/{variant}"
+
+
+def search_candidates_path(variant: str) -> str:
+    return f"{search_dir(variant)}/candidates.json"
+
+
+def search_slot(variant: str, slot: int) -> str:
+    """The foreach key of a candidate slot: ``<variant>-<slot>`` (slot 1-based)."""
+    return f"{variant}-{slot}"
+
+
+def parse_search_slot(key: str) -> tuple[str, int]:
+    variant, _, slot = key.rpartition("-")
+    if not variant or not slot.isdigit() or int(slot) < 1:
+        raise ValueError(f"'{key}' is not <variant>-<slot>")
+    return variant, int(slot)
+
+
+def search_pruned_dir(key: str) -> str:
+    return f"models/search/{key}/pruned"
+
+
+def search_student_dir(key: str) -> str:
+    return f"models/search/{key}/student"

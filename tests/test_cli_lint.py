@@ -41,6 +41,7 @@ def test_every_shipped_spec_lints_clean():
     assert result.stdout.splitlines() == [
         f"{REPO / 'specs' / 'llama31-8b-minitron.yaml'}: ok (1 warning)",
         f"{REPO / 'specs' / 'quickstart.yaml'}: ok",
+        f"{REPO / 'specs' / 'smollm2-search.yaml'}: ok",
     ]
     assert "teacher shapes unknown" in result.stderr  # the hub teacher, said once
 
@@ -118,6 +119,7 @@ def test_verbose_shows_what_lint_checked_against():
         "intermediate_layers",
         "nemo_engine",
         "split_ratio_uses",
+        "search_variants",
     ]
 
 

@@ -39,7 +39,7 @@ from minispec import layout
 from minispec.errors import CompileError
 from minispec.shell import Command, is_command
 from minispec.sources import parse_source
-from minispec.spec.model import NAME_PATTERN, Spec, WidthPrune
+from minispec.spec.model import NAME_PATTERN, SearchPrune, Spec, WidthPrune
 
 STEPS = (
     "data",
@@ -47,6 +47,9 @@ STEPS = (
     "tokenize",
     "finetune",
     "importance",
+    "search",
+    "search-prune",
+    "search-distill",
     "prune",
     "teacher_logits",
     "distill",
@@ -54,8 +57,8 @@ STEPS = (
     "report",
     "export",
 )
-VARIANT_STEPS = ("prune", "distill", "export")
-TRAINING_STEPS = ("finetune", "distill")
+VARIANT_STEPS = ("search", "search-prune", "search-distill", "prune", "distill", "export")
+TRAINING_STEPS = ("finetune", "search-distill", "distill")
 
 # DVC's own rule for stage names (dvc.stage.INVALID_STAGENAME_CHARS; a test keeps them equal).
 # '@' joins a foreach group and its key, so it is excluded as well.
@@ -120,6 +123,7 @@ def build_graph(spec: Spec) -> list[Stage]:
         stages.append(finetune_stage(spec))
     if has_importance_stage(spec):
         stages.append(importance_stage(spec))
+    stages += search_stages(spec)  # kind: search variants (minispec.search)
     stages += [prune_stage(spec, v) for v in spec.prune]
     if has_teacher_logits_stage(spec):
         stages.append(teacher_logits_stage(spec))
@@ -224,7 +228,14 @@ def check_variant_names(names: list[str]) -> None:
 
 
 def activation_variants(spec: Spec) -> list[str]:
-    return [v for v, p in spec.width_variants.items() if p.importance == "activation"]
+    """Variants that read the activation importance: width variants scored by activations, and
+    search variants (every candidate is pruned from it)."""
+    return [
+        v
+        for v, p in spec.prune.items()
+        if (isinstance(p, WidthPrune) and p.importance == "activation")
+        or isinstance(p, SearchPrune)
+    ]
 
 
 def has_importance_stage(spec: Spec) -> bool:
@@ -317,6 +328,10 @@ def importance_stage(spec: Spec) -> Stage:
 
 def prune_stage(spec: Spec, variant: str) -> Stage:
     config = spec.prune[variant]
+    if isinstance(config, SearchPrune):
+        from minispec.search.graph import rank_stage
+
+        return rank_stage(spec, variant)
     # every variant reads the tokens: calibration (importance-chosen layers, nemo's width pass)
     # and the quick validation loss written right after pruning
     deps = [layout.working_teacher_dir(spec), layout.TOKENS_DIR]
@@ -455,6 +470,15 @@ def export_stage(spec: Spec, variant: str) -> Stage:
         params=["name", "teacher.source", "export.dtype"],
         outs=[Out(layout.export_dir(variant))],
     )
+
+
+def search_stages(spec: Spec) -> list[Stage]:
+    """search@<v>, then search-prune@<v>-<i> and search-distill@<v>-<i> for each candidate slot."""
+    if not spec.search_variants:
+        return []
+    from minispec.search.graph import search_stages as build
+
+    return build(spec)
 
 
 # --------------------------------------------------------------------------------------------

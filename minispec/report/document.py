@@ -195,6 +195,9 @@ def build_blocks(data: RunData, figures: list[FigureInfo]) -> list[Block]:
         for figure in by_section["pruning"]:
             blocks += [Block("h3", figure.title), Block("figure", figure=figure)]
 
+    from minispec.search.report import search_blocks
+
+    blocks += search_blocks(data)  # one table per search variant (kind: search)
     others = other_metrics(data)
     if others:
         blocks += [Block("h2", "Other stage metrics"), Block("list", items=tuple(others))]

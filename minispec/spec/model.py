@@ -312,7 +312,100 @@ class WidthPrune(StrictModel):
     )
 
 
-PruneVariant = Annotated[DepthPrune | WidthPrune, Field(discriminator="kind")]
+SearchAxis = Literal["num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads"]
+
+
+class ShortDistillSpec(StrictModel):
+    """The short distillation that ranks the kept candidates (the Minitron paper's ~2B tokens)."""
+
+    tokens: int = Field(
+        ge=1,
+        description=(
+            "Training tokens per candidate; the steps are this divided by "
+            "`distill.global_batch_size × data.seq_length`, rounded up. Every other setting "
+            "(lr, batch, loss) is the `distill` block's."
+        ),
+    )
+
+
+class SearchPrune(StrictModel):
+    """Choose the student's architecture under a parameter budget (Minitron's candidate search).
+
+    Every architecture within the budget (layers, hidden size, MLP size, attention heads, kept
+    consistent with grouped-query attention) is enumerated from the teacher's config, pruned
+    from the cached activation importance and scored by its validation loss right after
+    pruning; the `top_k` best are distilled briefly (`short_distill`) and the one with the
+    lowest validation loss afterwards becomes this variant, which is then distilled,
+    evaluated and exported like any other.
+    """
+
+    kind: Literal["search"] = Field(description="Architecture search.")
+    target_params: int | None = Field(
+        default=None,
+        ge=1,
+        description="Parameter budget (all parameters, tied embeddings once). Exclusive with `target_non_embedding_params`.",
+    )
+    target_non_embedding_params: int | None = Field(
+        default=None,
+        ge=1,
+        description="Parameter budget without embeddings and LM head. Exclusive with `target_params`.",
+    )
+    budget_tolerance: float = Field(
+        default=0.1,
+        gt=0,
+        lt=1,
+        description="A candidate qualifies when its parameters are within this fraction below the budget (and not above it).",
+    )
+    max_width_pruning: float = Field(
+        default=0.5,
+        gt=0,
+        lt=1,
+        description="Most a width axis (hidden, MLP, heads) may shrink, as a fraction of the teacher's size (ModelOpt's `max_width_pruning`).",
+    )
+    max_depth_pruning: float = Field(
+        default=0.5,
+        ge=0,
+        lt=1,
+        description="Most of the layers that may be removed, as a fraction (ModelOpt's `max_depth_pruning`).",
+    )
+    hparams_to_skip: list[SearchAxis] = Field(
+        default_factory=list,
+        description="Axes kept at the teacher's size (ModelOpt's `hparams_to_skip`). Query groups are never pruned.",
+    )
+    width_choices: int = Field(
+        default=4,
+        ge=1,
+        le=16,
+        description="Sizes tried per width axis, evenly spaced from the teacher's size down to the most pruning allowed.",
+    )
+    depth_step: int = Field(
+        default=1,
+        ge=1,
+        description="Layer counts tried: the teacher's, then every `depth_step` fewer.",
+    )
+    max_candidates: int = Field(
+        default=16,
+        ge=1,
+        le=256,
+        description="Candidates scored after pruning: the qualifying architectures with the most parameters first.",
+    )
+    top_k: int = Field(
+        default=3,
+        ge=1,
+        le=16,
+        description="Candidates kept after the score right after pruning; each gets a short distillation.",
+    )
+    short_distill: ShortDistillSpec = Field(
+        description="The short distillation that ranks the kept candidates."
+    )
+    calibration_samples: int = Field(
+        default=1024,
+        ge=1,
+        description="Sequences of the train split for the activation importance (shared with width variants) and the layer scores.",
+    )
+
+
+PruneVariant = Annotated[DepthPrune | WidthPrune | SearchPrune, Field(discriminator="kind")]
 
 
 # --------------------------------------------------------------------------------------------
@@ -529,6 +622,10 @@ class Spec(StrictModel):
     @property
     def depth_variants(self) -> dict[str, DepthPrune]:
         return {k: v for k, v in self.prune.items() if isinstance(v, DepthPrune)}
+
+    @property
+    def search_variants(self) -> dict[str, SearchPrune]:
+        return {k: v for k, v in self.prune.items() if isinstance(v, SearchPrune)}
 
     @property
     def students(self) -> list[str]:

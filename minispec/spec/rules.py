@@ -110,6 +110,8 @@ def shape_checks(loaded: LoadedSpec) -> list[str]:
         checks.append("depth variants vs. layer count")
     if spec.width_variants:
         checks.append("width targets vs. sizes and head grouping")
+    if spec.search_variants:
+        checks.append("search candidates vs. budget")
     checks.append("seq_length vs. context length")
     if spec.distill is not None and spec.distill.loss.intermediate:
         checks.append("intermediate loss layers")
@@ -778,3 +780,78 @@ def _known(shapes: Any, attribute: str) -> tuple[int, str] | None:
     """``(value, where it comes from)`` of one teacher shape, or None when unknown."""
     value = getattr(shapes, attribute, None) if shapes is not None else None
     return (value, shapes.origin) if value is not None else None
+
+
+# --------------------------------------------------------------------------------------------
+# architecture search (prune variants of kind `search`, minispec.search)
+
+
+@rule("engine", "teacher", "prune", "distill")
+def search_variants(loaded: LoadedSpec) -> Iterator[Problem]:
+    spec = loaded.spec
+    for name, variant in spec.search_variants.items():
+        base = ("prune", name)
+        if spec.engine != "torch":
+            yield loaded.locate(
+                base + ("kind",),
+                "architecture search runs on the torch engine only",
+                hint="use engine: torch, or give the variant explicit targets (kind: width / depth)",
+            )
+        if spec.distill is None:
+            yield loaded.locate(
+                base + ("short_distill",),
+                "a search variant needs a distill block: the short distillation that ranks the candidates uses its settings",
+                hint="add a distill block",
+            )
+        if (variant.target_params is None) == (variant.target_non_embedding_params is None):
+            yield loaded.locate(
+                base,
+                "a search variant needs exactly one budget: target_params or target_non_embedding_params",
+                hint="set one of them and remove the other",
+            )
+            continue
+        if variant.top_k > variant.max_candidates:
+            yield loaded.locate(
+                base + ("top_k",),
+                f"top_k {variant.top_k} is more than the {variant.max_candidates} candidates scored (max_candidates)",
+                hint=f"set top_k to at most {variant.max_candidates}, or raise max_candidates",
+            )
+        yield from _search_against_teacher(loaded, base, variant)
+
+
+def _search_against_teacher(loaded: LoadedSpec, base: KeyPath, variant: Any) -> Iterator[Problem]:
+    """Enumerate the candidates from the teacher's shapes, as the search stage will."""
+    from minispec.search.space import (
+        budget,
+        count_params,
+        dims_from_shapes,
+        enumerate_candidates,
+        parameter_range,
+        teacher_arch,
+    )
+
+    shapes = teacher_shapes(loaded)
+    dims = dims_from_shapes(shapes) if shapes is not None else None
+    if dims is None:
+        return
+    key = "target_params" if variant.target_params is not None else "target_non_embedding_params"
+    target = budget(variant)
+    teacher_total, teacher_non_embedding = count_params(teacher_arch(dims), dims)
+    teacher_value = teacher_total if key == "target_params" else teacher_non_embedding
+    if target >= teacher_value:
+        yield loaded.locate(
+            base + (key,),
+            f"{key} {target:,} is not below the teacher's {teacher_value:,}",
+            hint=f"the teacher has {teacher_value:,} ({shapes.origin})",
+        )
+        return
+    found = len(enumerate_candidates(dims, variant))
+    if found >= variant.top_k:
+        return
+    reach = parameter_range(dims, variant)
+    span = f"; the allowed axes reach {reach[0]:,} to {reach[1]:,}" if reach else ""
+    yield loaded.locate(
+        base + (key,),
+        f"{found} architectures fit {key} {target:,} (within budget_tolerance {variant.budget_tolerance}), fewer than top_k {variant.top_k}{span}",
+        hint="raise budget_tolerance, max_width_pruning or max_depth_pruning, lower top_k, or move the budget",
+    )

@@ -44,6 +44,7 @@ class TeacherShapes:
     head_dim: int | None = None
     max_position_embeddings: int | None = None
     vocab_size: int | None = None
+    tie_word_embeddings: bool | None = None  # None: the source does not say
 
     def describe(self) -> str:
         return (
@@ -149,6 +150,9 @@ def config_shapes(config: Path, origin: str) -> TeacherShapes:
         head_dim=head_dim,
         max_position_embeddings=_int(data.get("max_position_embeddings")),
         vocab_size=_int(data.get("vocab_size")),
+        tie_word_embeddings=data.get("tie_word_embeddings")
+        if isinstance(data.get("tie_word_embeddings"), bool)
+        else None,
     )
 
 
@@ -262,10 +266,14 @@ class _Cursor:
             raise struct.error("truncated")
 
 
-def read_gguf_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
+def read_gguf_metadata(
+    path: str | os.PathLike[str], tensor_names: list[str] | None = None
+) -> dict[str, Any]:
     """The key/value metadata of a GGUF file (v2 or v3); arrays as :class:`GGUFArray`.
 
-    Only the header is read (memory-mapped), never the tensors.
+    Only the header is read (memory-mapped), never the tensors. A ``tensor_names`` list is
+    filled with the names in the tensor index that follows the metadata (left empty when that
+    index is unreadable).
     """
     path = Path(path)
     try:
@@ -273,14 +281,16 @@ def read_gguf_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
             path.open("rb") as handle,
             mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as buffer,
         ):
-            return _parse_gguf(memoryview(buffer), path)
+            return _parse_gguf(memoryview(buffer), path, tensor_names)
     except ValueError as exc:  # mmap of an empty file
         raise MinispecError(f"{path} is not a GGUF file ({exc})") from None
     except OSError as exc:
         raise MinispecError(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
-def _parse_gguf(buffer: memoryview, path: Path) -> dict[str, Any]:
+def _parse_gguf(
+    buffer: memoryview, path: Path, tensor_names: list[str] | None = None
+) -> dict[str, Any]:
     try:
         if bytes(buffer[:4]) != b"GGUF":
             raise MinispecError(f"{path} is not a GGUF file (it does not start with 'GGUF')")
@@ -292,7 +302,7 @@ def _parse_gguf(buffer: memoryview, path: Path) -> dict[str, Any]:
             raise MinispecError(f"{path}: GGUF version {version} is not supported (2 and 3 are)")
         cursor = _Cursor(buffer, order)
         cursor.offset = 8
-        cursor.take("Q")  # tensor count
+        tensor_count = cursor.take("Q")
         kv_count = cursor.take("Q")
         if kv_count > MAX_GGUF_KEYS:
             raise _BadValueType(
@@ -302,6 +312,8 @@ def _parse_gguf(buffer: memoryview, path: Path) -> dict[str, Any]:
         for _ in range(kv_count):
             key = cursor.string()
             metadata[key] = _gguf_value(cursor, cursor.take("I"))
+        if tensor_names is not None:
+            _read_tensor_names(cursor, tensor_count, tensor_names)
         return metadata
     except (struct.error, _BadValueType) as exc:
         raise MinispecError(
@@ -313,6 +325,20 @@ def _parse_gguf(buffer: memoryview, path: Path) -> dict[str, Any]:
 
 class _BadValueType(Exception):
     pass
+
+
+def _read_tensor_names(cursor: _Cursor, count: int, names: list[str]) -> None:
+    """Each tensor info: name, n_dims (u32), n_dims × u64 dims, type (u32), offset (u64)."""
+    found = []
+    try:
+        for _ in range(count):
+            found.append(cursor.string())
+            cursor.skip(8 * cursor.take("I"))
+            cursor.take("I")
+            cursor.take("Q")
+    except struct.error:
+        return
+    names.extend(found)
 
 
 def _gguf_value(cursor: _Cursor, value_type: int) -> Any:
@@ -351,7 +377,8 @@ def _skip_strings(buffer: Any, offset: int, count: int, order: str) -> int:
 
 
 def gguf_shapes(path: Path) -> TeacherShapes:
-    meta = read_gguf_metadata(path)
+    tensors: list[str] = []
+    meta = read_gguf_metadata(path, tensors)
     arch = meta.get("general.architecture")
     if not isinstance(arch, str):
         raise MinispecError(f"{path}: GGUF metadata has no general.architecture")
@@ -381,4 +408,6 @@ def gguf_shapes(path: Path) -> TeacherShapes:
         max_position_embeddings=number("context_length"),
         vocab_size=number("vocab_size")
         or (tokens.count if isinstance(tokens, GGUFArray) else None),
+        # llama.cpp writes no separate `output.weight` when the LM head is the embedding
+        tie_word_embeddings=("output.weight" not in tensors) if tensors else None,
     )

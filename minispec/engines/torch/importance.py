@@ -228,11 +228,13 @@ def importance_calibration_samples(spec) -> tuple[int, str]:
     """Sequences for the pass: the most any activation-importance width variant asks for,
     and the spec key that asks for it (for error messages)."""
     variants = spec.width_variants
-    if not variants:
+    searches = getattr(spec, "search_variants", {})  # a search scores activations too
+    if not variants and not searches:
         raise StageError(
             "the spec has no width prune variant, so there is nothing to compute importance for"
         )
     activation = {k: v for k, v in variants.items() if v.importance == "activation"} or variants
+    activation = {**activation, **searches}
     name = max(activation, key=lambda k: activation[k].calibration_samples)
     return activation[name].calibration_samples, f"prune.{name}.calibration_samples"
 

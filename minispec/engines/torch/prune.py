@@ -45,7 +45,7 @@ from minispec.engines.torch.width import (
 )
 from minispec.errors import StageError
 from minispec.fsio import write_json_atomic
-from minispec.spec.model import DepthPrune, WidthPrune
+from minispec.spec.model import DepthPrune, SearchPrune, WidthPrune
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -63,6 +63,10 @@ def run(spec, variant: str | None, root: Path) -> None:
         run_depth(spec, variant, settings, config, root)
     elif isinstance(settings, WidthPrune):
         run_width(spec, variant, settings, config, root)
+    elif isinstance(settings, SearchPrune):  # the search's ranking stage (minispec.search)
+        from minispec.search.stages import run_rank
+
+        run_rank(spec, variant, root)
     else:  # pragma: no cover - the spec model admits only these kinds
         raise StageError(f"prune.{variant}: unknown kind")
 

@@ -19,6 +19,9 @@ STEPS: dict[str, str] = {
     "import": "minispec.engines.torch.importer:run",
     "finetune": "minispec.engines.torch.train:run_finetune",
     "importance": "minispec.engines.torch.importance:run",
+    "search": "minispec.search.stages:run_search",
+    "search-prune": "minispec.search.stages:run_search_prune",
+    "search-distill": "minispec.search.stages:run_search_distill",
     "prune": "minispec.engines.torch.prune:run",
     "teacher_logits": "minispec.engines.torch.teacher_logits:run",
     "distill": "minispec.engines.torch.train:run_distill",
@@ -26,7 +29,7 @@ STEPS: dict[str, str] = {
     "report": "minispec.report:run_stage",
     "export": "minispec.engines.torch.export:run",
 }
-VARIANT_STEPS = {"prune", "distill", "export"}
+VARIANT_STEPS = {"search", "search-prune", "search-distill", "prune", "distill", "export"}
 # top-level modules of the `torch` extra (pyproject.toml)
 TORCH_EXTRA = {"torch", "transformers", "tokenizers", "datasets", "gguf", "accelerate"}
 
