@@ -79,6 +79,13 @@ def metrics_path(stage: str) -> str:
     return f"{METRICS_DIR}/{stage.replace('@', '-')}.json"
 
 
+def info_path(stage: str) -> str:
+    """Settings and provenance of a stage's metrics (strings, sizes that repeat params, sample
+    texts): beside the metrics but not a DVC metric, so ``dvc metrics show`` holds numbers only
+    (``fsio.write_metrics`` splits a record; ``fsio.read_metrics_record`` joins it again)."""
+    return f"{METRICS_DIR}/info/{stage.replace('@', '-')}.json"
+
+
 def log_dir(stage: str) -> str:
     """DVCLive directory of a training stage (``plots/metrics/...tsv``) and TensorBoard events under ``tb/``."""
     return f"{LOGS_DIR}/{stage.replace('@', '-')}"

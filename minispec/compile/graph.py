@@ -330,7 +330,7 @@ def prune_stage(spec: Spec, variant: str) -> Stage:
         f"Prune the working teacher into variant {variant}",
         deps=deps,
         params=params,
-        outs=[Out(layout.pruned_dir(variant))],
+        outs=[Out(layout.pruned_dir(variant)), Out(layout.info_path(name), cache=False)],
         metrics=[Out(layout.metrics_path(name), cache=False)],
     )
 
@@ -357,27 +357,34 @@ def evaluate_stage(spec: Spec) -> Stage:
     if spec.finetune is not None:
         models.append(layout.CORRECTED_TEACHER_DIR)
     models += [layout.final_model_dir(spec, v) for v in spec.prune]
+    harness = spec.evaluate.harness
+    tasks_dir = local_sources(harness.include_path) if harness is not None else []
     return Stage(
         "evaluate",
         "evaluate",
         None,
         "Score the teacher and every student with the same code",
-        deps=[*models, layout.TOKENS_DIR],
+        deps=[*models, layout.TOKENS_DIR, *tasks_dir],
         params=["evaluate", "data.seq_length", "seed", *MODEL_LOADING],
-        outs=[Out(layout.EVALUATE_TABLE, cache=False)],
+        outs=[
+            Out(layout.EVALUATE_TABLE, cache=False),
+            Out(layout.info_path("evaluate"), cache=False),
+        ],
         metrics=[Out(layout.metrics_path("evaluate"), cache=False)],
     )
 
 
 def report_stage(spec: Spec) -> Stage:
-    deps = [layout.metrics_path("evaluate"), layout.EVALUATE_TABLE]
+    deps = [layout.metrics_path("evaluate"), layout.info_path("evaluate"), layout.EVALUATE_TABLE]
     for stage in training_stage_names(spec):
         deps += [
             layout.metrics_path(stage),
+            layout.info_path(stage),
             layout.train_curve_path(stage),
             layout.val_curve_path(stage),
         ]
     deps += [layout.metrics_path(f"prune@{v}") for v in spec.prune]
+    deps += [layout.info_path(f"prune@{v}") for v in spec.prune]
     return Stage(
         "report",
         "report",
@@ -390,7 +397,7 @@ def report_stage(spec: Spec) -> Stage:
 
 
 def export_stage(spec: Spec, variant: str) -> Stage:
-    # not evaluate's outputs: a new evaluate option must not re-export
+    # the card shows the variant's lm-eval scores, so evaluate's metrics are an input
     return Stage(
         f"export@{variant}",
         "export",
@@ -399,6 +406,7 @@ def export_stage(spec: Spec, variant: str) -> Stage:
         deps=[
             layout.final_model_dir(spec, variant),
             layout.metrics_path(training_stage_name(spec, variant)),
+            layout.metrics_path("evaluate"),
         ],
         params=["name", "teacher.source", "export.dtype"],
         outs=[Out(layout.export_dir(variant))],
@@ -422,6 +430,7 @@ def with_training_logs(stage: Stage) -> Stage:
         Out(layout.log_dir(stage.name), cache=False, persist=True),
     ]
     stage.metrics.append(Out(layout.metrics_path(stage.name), cache=False))
+    stage.outs.append(Out(layout.info_path(stage.name), cache=False))
     stage.plots += [
         Plot(layout.train_curve_path(stage.name)),
         Plot(layout.val_curve_path(stage.name)),

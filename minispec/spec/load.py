@@ -47,6 +47,7 @@ PATH_FIELDS: tuple[KeyPath, ...] = (
     ("teacher", "source"),
     ("data", "source"),
     ("data", "tokenizer"),
+    ("evaluate", "harness", "include_path"),
 )
 REMOTE_PREFIXES = ("hf://", "pkg://")
 
@@ -600,6 +601,10 @@ def locate(
     """Place a problem on the override that set ``path`` (or a parent of it), else in the file."""
     for override in reversed(overrides):
         if path[: len(override.path)] == override.path:
+            return Problem(override.where, message, path=path, hint=hint, severity=severity)
+    for override in reversed(overrides):
+        # a key the file does not have, brought in only by this override (`--set distil.steps=3`)
+        if override.path[: len(path)] == path and path not in positions:
             return Problem(override.where, message, path=path, hint=hint, severity=severity)
     probe = path
     while probe and probe not in positions:

@@ -45,6 +45,7 @@ def test_quickstart_deps_params_outs(tmp_path):
         Out("models/teacher-corrected"),
         Out("checkpoints/finetune", cache=False, persist=True),
         Out("logs/finetune", cache=False, persist=True),
+        Out("metrics/info/finetune.json", cache=False),  # settings beside the numbers
     ]
     assert s["finetune"].metrics == [Out("metrics/finetune.json", cache=False)]
     assert s["finetune"].plots == [
@@ -65,7 +66,10 @@ def test_quickstart_deps_params_outs(tmp_path):
     assert not any(p.startswith("prune.depth") for p in s["prune@width"].params)
     assert set(s["prune@depth"].deps) == {"models/teacher-corrected", "data/tokens"}
     assert {"prune.depth", "data.seq_length", "seed"} <= set(s["prune@depth"].params)
-    assert s["prune@depth"].outs == [Out("models/pruned/depth")]
+    assert s["prune@depth"].outs == [
+        Out("models/pruned/depth"),
+        Out("metrics/info/prune-depth.json", cache=False),
+    ]
     assert s["prune@depth"].metrics == [Out("metrics/prune-depth.json", cache=False)]
     assert set(s["distill@width"].deps) == {
         "models/pruned/width",
@@ -86,8 +90,12 @@ def test_quickstart_deps_params_outs(tmp_path):
         "metrics/evaluate.json" in s["report"].deps
         and "logs/distill-width/plots/metrics/val/loss.tsv" in s["report"].deps
     )
-    # export: the final model and its training metrics, never evaluate's outputs
-    assert s["export@width"].deps == ["models/students/width", "metrics/distill-width.json"]
+    # export: the final model, its training metrics and evaluate's scores (the card shows them)
+    assert s["export@width"].deps == [
+        "models/students/width",
+        "metrics/distill-width.json",
+        "metrics/evaluate.json",
+    ]
     assert s["export@width"].outs == [Out("export/width")]
 
 
