@@ -31,6 +31,7 @@ from typing import IO, Any
 from minispec import layout
 from minispec.compile import CompiledPipeline, compile_pipeline, drift, write_pipeline
 from minispec.compile.graph import TRAINING_STEPS, Stage, owner_of, upstream_closure
+from minispec.console import StageOutput
 from minispec.errors import PipelineError
 from minispec.spec.load import LoadedSpec
 
@@ -184,8 +185,12 @@ def run(
     force: bool = False,
     dry: bool = False,
     echo: Echo = print,
+    verbose: bool = False,
 ) -> None:
-    """Compile ``loaded`` into ``out_dir`` and reproduce it (or print its commands when ``dry``)."""
+    """Compile ``loaded`` into ``out_dir`` and reproduce it (or print its commands when ``dry``).
+
+    The console gets one line per stage; stage output goes to ``logs/`` (and, ``verbose``,
+    to the console too; :mod:`minispec.console`)."""
     compiled = compile_pipeline(loaded, out_dir)
     selected = select_stages(compiled, stage)
     if dry:
@@ -197,7 +202,9 @@ def run(
         echo(f"compiled {path}")
     ensure_repo(compiled.out_dir, echo)
     ensure_gitignore(compiled.out_dir)
-    monitor = ReproMonitor(compiled.out_dir, total=len(selected), echo=echo)
+    monitor = ReproMonitor(
+        compiled.out_dir, total=len(selected), echo=echo, output=StageOutput.for_console(verbose)
+    )
     if force:
         discard_checkpoints(
             compiled.out_dir, [stage] if stage else [s.name for s in selected], echo
@@ -281,6 +288,7 @@ class ReproMonitor:
     log: IO[str] | None = None
     failed: tuple[str, str, int | None] | None = None  # stage, reason, exit code
     errors: list[str] = field(default_factory=list)
+    output: StageOutput = field(default_factory=StageOutput)  # stage lines: log only by default
 
     def feed(self, line: str) -> None:
         if match := RUNNING.match(line):
@@ -301,17 +309,19 @@ class ReproMonitor:
             self.finish(ok=False)
         elif line.startswith("ERROR"):
             self.errors.append(line)
+            self.output.clear()
             self.echo(line)
         elif DVC_NOISE.match(line) or (not line.strip() and self.current is None):
             pass
         else:
             self.write_log(line)
-            self.echo(line)
+            self.output.line(line, self.echo)
 
     def progress(self, stage: str, state: str) -> None:
         if stage not in self.seen:
             self.seen.append(stage)
         index = self.seen.index(stage) + 1
+        self.output.clear()
         self.echo(f"[{index:>2}/{self.total}] {stage:<20} {state}")
 
     def start(self, stage: str) -> None:
@@ -320,7 +330,11 @@ class ReproMonitor:
         path = self.out_dir / layout.stage_log_path(stage)
         path.parent.mkdir(parents=True, exist_ok=True)
         self.log = path.open("w", encoding="utf-8")
-        self.progress(stage, f"running (log: {layout.stage_log_path(stage)})")
+        if self.output.verbose:  # heads the stage's output; otherwise its `done` line suffices
+            self.progress(stage, f"running (log: {layout.stage_log_path(stage)})")
+        elif stage not in self.seen:
+            self.seen.append(stage)  # its number in the summary is its place in the run
+        self.output.begin(stage)
 
     def write_log(self, line: str) -> None:
         if self.log is not None:
@@ -340,6 +354,7 @@ class ReproMonitor:
             self.progress(stage, f"FAILED after {format_seconds(elapsed)}")
 
     def close(self) -> None:
+        self.output.end()
         if self.log is not None:
             self.log.close()
             self.log = None
