@@ -88,9 +88,7 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
 def _is_number(value: Any) -> bool:
     import math
 
-    return (
-        isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-    )
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def split_metrics(data: dict, settings: frozenset[str] = frozenset()) -> tuple[dict, dict]:

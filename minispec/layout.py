@@ -145,6 +145,10 @@ def tensorboard_dir(stage: str) -> str:
 # where M = {"params_total", "params_non_embedding", "<split>_loss", "<split>_perplexity" for each
 # evaluated split, "tokens_per_second", "latency_seconds", "tokens_evaluated": {"<split>": n}}.
 EVALUATE_TABLE = f"{METRICS_DIR}/evaluate.md"
+# the lm-evaluation-harness scores alone ({"teacher": {task: {metric: x}}, "students": {...}}),
+# an input of export@<v> (its model card shows them): unlike evaluate.json it does not change
+# with timings, so a rerun of evaluate that gives the same scores re-exports nothing
+HARNESS_SCORES = f"{METRICS_DIR}/info/harness.json"
 
 
 # ---- nemo engine -----------------------------------------------------------------------------

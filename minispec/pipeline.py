@@ -198,6 +198,8 @@ def run(
         return
     dvc_argv()  # fail before writing anything when DVC is missing
     check_tools(compiled, selected)
+    for line in params_edits(compiled):
+        echo(line)
     for path in write_pipeline(compiled):
         echo(f"compiled {path}")
     ensure_repo(compiled.out_dir, echo)
@@ -219,6 +221,43 @@ def run(
     else:
         repro(compiled.out_dir, [stage] if stage else [], monitor, force=force)
     monitor.summary()
+
+
+def params_edits(compiled: CompiledPipeline) -> list[str]:
+    """A warning naming every ``params.yaml`` value that differs from what the spec compiles to
+    (e.g. after ``dvc exp run -S KEY=VALUE``): ``minispec run`` rewrites ``params.yaml`` from
+    the spec, so such an edit is about to be undone."""
+    from minispec.compile.dvc import generated_by_minispec, split_header
+    from minispec.spec.load import parse_yaml
+
+    path = compiled.out_dir / layout.PARAMS_FILE
+    if not path.is_file():
+        return []
+    text = path.read_text(encoding="utf-8")
+    if generated_by_minispec(text):
+        return []  # untouched since it was compiled: a spec change is no edit to warn about
+    try:
+        on_disk, _ = parse_yaml(split_header(text)[1], path.name)
+    except Exception:  # unreadable: compiling replaces it, nothing to compare
+        return []
+    differing = leaf_differences(on_disk, compiled.spec.model_dump(mode="json"))
+    if not differing:
+        return []
+    shown = ", ".join(f"{key} ({old!r} there, {new!r} in the spec)" for key, old, new in differing)
+    return [
+        f"warning: {path} differs from the spec in {shown}; it is recompiled from the spec now "
+        "(to keep such a value, write it in the spec or pass --set KEY=VALUE)"
+    ]
+
+
+def leaf_differences(old: Any, new: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """``(dotted key, old value, new value)`` of every leaf that differs (missing = None)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in list(new) + [k for k in old if k not in new]:
+            out += leaf_differences(old.get(key), new.get(key), f"{prefix}{key}.")
+        return out
+    return [] if old == new else [(prefix.rstrip("."), old, new)]
 
 
 def direct_upstream(stages: list[Stage], name: str) -> list[str]:

@@ -101,7 +101,11 @@ def test_metrics_files_hold_numbers_only(real_run):
 
 def test_harness_scores_every_model_on_the_local_task(real_run):
     evaluation = read_json(real_run.root / layout.metrics_path("evaluate"))
-    models = [evaluation["teacher"], evaluation["teacher_corrected"], *evaluation["students"].values()]
+    models = [
+        evaluation["teacher"],
+        evaluation["teacher_corrected"],
+        *evaluation["students"].values(),
+    ]
     for m in models:
         scores = m["harness"][TASK_NAME]
         assert 0.0 <= scores["acc"] <= 1.0 and 0.0 <= scores["acc_norm"] <= 1.0

@@ -369,6 +369,7 @@ def evaluate_stage(spec: Spec) -> Stage:
         outs=[
             Out(layout.EVALUATE_TABLE, cache=False),
             Out(layout.info_path("evaluate"), cache=False),
+            *([Out(layout.HARNESS_SCORES, cache=False)] if harness is not None else []),
         ],
         metrics=[Out(layout.metrics_path("evaluate"), cache=False)],
     )
@@ -397,7 +398,9 @@ def report_stage(spec: Spec) -> Stage:
 
 
 def export_stage(spec: Spec, variant: str) -> Stage:
-    # the card shows the variant's lm-eval scores, so evaluate's metrics are an input
+    # not evaluate's metrics (a new evaluate option must not re-export); with evaluate.harness
+    # the card shows the variant's lm-eval scores, which are an input then
+    harness = [layout.HARNESS_SCORES] if spec.evaluate.harness is not None else []
     return Stage(
         f"export@{variant}",
         "export",
@@ -406,7 +409,7 @@ def export_stage(spec: Spec, variant: str) -> Stage:
         deps=[
             layout.final_model_dir(spec, variant),
             layout.metrics_path(training_stage_name(spec, variant)),
-            layout.metrics_path("evaluate"),
+            *harness,
         ],
         params=["name", "teacher.source", "export.dtype"],
         outs=[Out(layout.export_dir(variant))],

@@ -77,7 +77,7 @@ def test_an_experiment_reruns_exactly_the_stages_reading_the_key(repo):
             assert f"Stage '{name}' didn't change, skipping" in result.stdout, name
     # the stage read the value DVC set, through minispec's own params loader
     assert load_params(root).evaluate.max_windows == 4
-    evaluation = read_json(root / layout.metrics_path("evaluate"))
+    evaluation = read_json(root / layout.info_path("evaluate"))
     assert evaluation["teacher"]["tokens_evaluated"]["validation"] == 4 * 32
     assert has_minispec_header((root / "params.yaml").read_text())  # DVC kept the header
     # the spec (8) and params.yaml (4) disagree: minispec says so

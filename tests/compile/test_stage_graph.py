@@ -90,12 +90,8 @@ def test_quickstart_deps_params_outs(tmp_path):
         "metrics/evaluate.json" in s["report"].deps
         and "logs/distill-width/plots/metrics/val/loss.tsv" in s["report"].deps
     )
-    # export: the final model, its training metrics and evaluate's scores (the card shows them)
-    assert s["export@width"].deps == [
-        "models/students/width",
-        "metrics/distill-width.json",
-        "metrics/evaluate.json",
-    ]
+    # export: the final model and its training metrics, never evaluate's outputs (no harness)
+    assert s["export@width"].deps == ["models/students/width", "metrics/distill-width.json"]
     assert s["export@width"].outs == [Out("export/width")]
 
 

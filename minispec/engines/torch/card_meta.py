@@ -98,7 +98,9 @@ def _gguf_facts(path: Path) -> dict[str, str | None]:
     if url and (match := HUB_URL.match(url)):
         base = match["repo"]
     elif field("general.base_model.0.organization") and field("general.base_model.0.name"):
-        candidate = f"{field('general.base_model.0.organization')}/{field('general.base_model.0.name')}"
+        candidate = (
+            f"{field('general.base_model.0.organization')}/{field('general.base_model.0.name')}"
+        )
         base = candidate if REPO_ID.match(candidate) else None
     return {"license": field("general.license"), "base_model": base}
 

@@ -132,7 +132,10 @@ def generation_speed(
             new_ids, seconds = generate(prompt, max_new_tokens)
             if round_index == 0:
                 samples.append(
-                    {"prompt": prompt, "completion": tokenizer.decode(new_ids, skip_special_tokens=True)}
+                    {
+                        "prompt": prompt,
+                        "completion": tokenizer.decode(new_ids, skip_special_tokens=True),
+                    }
                 )
             times.append(seconds)
             round_tokens += int(new_ids.numel())
@@ -212,7 +215,7 @@ def run(spec: Spec, variant: str | None, root: Path) -> None:
     import os
 
     from minispec.engines.torch.modeling import resolve_device, resolve_dtype
-    from minispec.fsio import write_metrics, write_text_atomic
+    from minispec.fsio import write_json_atomic, write_metrics, write_text_atomic
 
     if int(os.environ.get("RANK", "0")) != 0:
         return  # evaluation runs on one device; other torchrun ranks have nothing to do
@@ -252,7 +255,20 @@ def run(spec: Spec, variant: str | None, root: Path) -> None:
     # numbers to metrics/evaluate.json; paths, samples, settings and lm-eval's provenance
     # (task versions, shots, sample counts) to the info file beside it
     write_metrics(root, "evaluate", results, settings=INFO_KEYS)
+    if spec.evaluate.harness is not None:
+        write_json_atomic(root / layout.HARNESS_SCORES, harness_scores(results))
     write_text_atomic(root / layout.EVALUATE_TABLE, markdown_table(results))
+
+
+def harness_scores(results: dict) -> dict:
+    """The lm-eval scores of every model alone (``layout.HARNESS_SCORES``)."""
+    out: dict = {"students": {}}
+    for group in ("teacher", "teacher_corrected"):
+        if group in results:
+            out[group] = results[group].get("harness", {})
+    for name, metrics in results.get("students", {}).items():
+        out["students"][name] = metrics.get("harness", {})
+    return out
 
 
 # numbers that describe how the evaluation ran rather than a result (they go to the info file)

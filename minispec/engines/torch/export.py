@@ -90,18 +90,17 @@ def card_facts(spec, variant: str, root: Path) -> dict:
     """Front matter facts (license, base model, datasets) and the variant's lm-eval scores."""
     from minispec.engines.torch.card_meta import dataset_ids, teacher_facts
 
-    evaluation = {}
-    path = root / layout.metrics_path("evaluate")
-    if path.is_file():
+    scores = {}
+    path = root / layout.HARNESS_SCORES
+    if spec.evaluate.harness is not None and path.is_file():
         try:
-            students = json.loads(path.read_text(encoding="utf-8")).get("students") or {}
-            evaluation = students.get(variant) or {}
-        except (OSError, ValueError, AttributeError):
-            evaluation = {}
+            scores = json.loads(path.read_text(encoding="utf-8"))["students"].get(variant) or {}
+        except (OSError, ValueError, KeyError, AttributeError):
+            scores = {}
     return {
         **teacher_facts(spec.teacher.source, root),
         "datasets": dataset_ids(spec.data.source),
-        "harness": evaluation.get("harness") or {},
+        "harness": scores,
     }
 
 
@@ -279,7 +278,13 @@ def _harness_section(harness: dict) -> str:
     """lm-evaluation-harness scores of this model (the evaluate stage's)."""
     if not harness:
         return ""
-    lines = ["", "## Evaluation (lm-evaluation-harness)", "", "| task | metric | value |", "| --- | --- | ---: |"]
+    lines = [
+        "",
+        "## Evaluation (lm-evaluation-harness)",
+        "",
+        "| task | metric | value |",
+        "| --- | --- | ---: |",
+    ]
     for task, values in sorted(harness.items()):
         for metric, value in values.items():
             if metric.endswith("_stderr"):

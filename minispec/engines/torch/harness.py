@@ -96,7 +96,9 @@ def run_tasks(model, tokenizer, harness: HarnessSpec, root: Path, seed: int) -> 
     from lm_eval.models.huggingface import HFLM
 
     device = next(model.parameters()).device
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=harness.batch_size, device=str(device))
+    lm = HFLM(
+        pretrained=model, tokenizer=tokenizer, batch_size=harness.batch_size, device=str(device)
+    )
     manager = task_manager(harness, root)
     include = (root / harness.include_path).resolve() if harness.include_path else None
     with working_directory(include):
