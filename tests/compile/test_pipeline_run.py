@@ -12,10 +12,11 @@ import sys
 import pytest
 from pipeline_harness import QUICKSTART, env, minispec
 from real_pipeline import minispec as minispec_in
-from real_pipeline import progress, read_json, run_pipeline, snapshot, stages_run, status
+from real_pipeline import progress, run_pipeline, snapshot, stages_run, status
 
 from minispec import layout
 from minispec.bundle.reproduce import compare_metrics, flatten
+from minispec.fsio import read_metrics_record
 from minispec.pipeline import ensure_gitignore, ensure_repo
 
 pytestmark = pytest.mark.slow
@@ -97,7 +98,7 @@ def test_status_says_what_changed(real_run_copy):
 def test_force_one_stage_reruns_only_that_stage(real_run_copy):
     root = real_run_copy
     checkpoints = snapshot(root, [layout.checkpoint_dir("finetune")])
-    before = read_json(root / layout.metrics_path("evaluate"))
+    before = read_metrics_record(root, "evaluate")
     result = run_pipeline(root, args=("--stage", "evaluate", "--force"))
     assert stages_run(result.stdout) == ["evaluate"]
     assert all(
@@ -107,7 +108,7 @@ def test_force_one_stage_reruns_only_that_stage(real_run_copy):
         root, [layout.checkpoint_dir("finetune")]
     )  # only the forced stage's go
     # the same models measured again by the same code: the same numbers but the timings
-    after = read_json(root / layout.metrics_path("evaluate"))
+    after = read_metrics_record(root, "evaluate")
     diffs = compare_metrics({"evaluate": flatten(before)}, {"evaluate": flatten(after)})
     assert {d.status for d in diffs} <= {"same", "timing"}, [d for d in diffs if d.fails]
 
@@ -119,7 +120,7 @@ def test_force_discards_the_forced_training_stage_checkpoint(real_run_copy):
     result = run_pipeline(root, args=("--stage", "finetune", "--force"))
     assert f"removed {root / layout.checkpoint_dir('finetune')}" in result.stdout
     assert stages_run(result.stdout) == ["finetune"]
-    metrics = read_json(root / layout.metrics_path("finetune"))
+    metrics = read_metrics_record(root, "finetune")
     assert metrics["resumed_from_step"] is None  # trained from scratch, not resumed
     # on the CPU, training from scratch again gives the same model, bit for bit
     assert snapshot(root, [layout.CORRECTED_TEACHER_DIR]) == model

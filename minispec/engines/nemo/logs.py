@@ -130,7 +130,7 @@ def convert_stage(stage: str, root: Path, *, global_batch_size: int, seq_length:
     _copy_events(run_dir, root / layout.tensorboard_dir(stage) / "nemo")
     metrics = summarize(scalars, global_batch_size=global_batch_size, seq_length=seq_length)
     # the same split as the torch engine's: numbers to metrics, the rest to the info file
-    write_metrics(root, stage, metrics, settings=frozenset({"steps"}))
+    write_metrics(root, stage, metrics)
     return metrics
 
 

@@ -1015,7 +1015,6 @@ TRAINING_SETTINGS = frozenset(
         "val_windows",
         "val_tokens",
         "loss",
-        "steps",
     }
 )
 

@@ -90,7 +90,7 @@ def test_logs_command_writes_curves_and_metrics(finetune_run, monkeypatch):
         )
         == 2
     )
-    metrics = read_metrics_record(root, "finetune")  # steps is a setting: in the info file
+    metrics = read_metrics_record(root, "finetune")  # numbers and the info file together
     assert metrics["steps"] == 30 and metrics["tokens"] == 30 * 128 * 8192
     assert metrics["final_val_loss"] == pytest.approx(1.9) and metrics["first_val_step"] == 9
     assert metrics["final_val_perplexity"] == pytest.approx(math.exp(1.9), rel=1e-6)
