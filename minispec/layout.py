@@ -116,7 +116,8 @@ def working_teacher_dir(spec) -> str:
 #   plots/metrics/train/loss.tsv   DVCLive's format: tab-separated `timestamp  step  loss`
 #   plots/metrics/val/loss.tsv     the same for validation loss
 #   (further DVCLive series: train/lr, train/tokens_per_second, train/kd_loss, train/ce_loss...)
-#   tb/                            TensorBoard event files (tags train/loss, val/loss, ...)
+#   tb/                            TensorBoard event files (tags train/objective, train/ce_loss,
+#                                  train/kd_loss, val/loss, ...: each means one thing everywhere)
 # The compiled dvc.yaml declares log_dir(stage) and checkpoint_dir(stage) as persistent,
 # uncached outputs: DVC never deletes them before a rerun, so a run resumed after a kill finds
 # its checkpoint and appends to its curves. A stage that starts afresh (no checkpoint, or one
