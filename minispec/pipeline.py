@@ -72,7 +72,17 @@ def dvc_argv() -> list[str]:
 def dvc_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONUNBUFFERED"] = "1"  # stage output and DVC's messages arrive in order, line by line
+    env["PATH"] = tool_path(env.get("PATH", ""))
     return env
+
+
+def tool_path(path: str) -> str:
+    """``PATH`` with this interpreter's scripts directory first: stage commands (``minispec
+    stage ...``, ``torchrun``) come from the environment that runs minispec and DVC, also when
+    it is called as ``.venv/bin/minispec`` without the venv on PATH."""
+    scripts = str(Path(sys.executable).parent)
+    parts = [p for p in path.split(os.pathsep) if p and p != scripts]
+    return os.pathsep.join([scripts, *parts])
 
 
 def run_dvc(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -94,13 +104,22 @@ def find_up(start: Path, name: str, want_dir: bool = True) -> Path | None:
 def ensure_repo(out_dir: Path, echo: Echo) -> Path:
     """The DVC repository that holds ``out_dir``; ``dvc init`` one there if there is none."""
     root = find_up(out_dir, ".dvc")
-    if root is not None:
-        return root
     git_root = find_up(out_dir, ".git", want_dir=False)
+    ignored = git_root is not None and git_ignored(git_root, out_dir)
+    # a DVC project above a git-ignored out_dir is used only when it is git-ignored too (a
+    # project of its own, made by an earlier run); the enclosing versioned project is not
+    if root is not None and (not ignored or git_ignored(git_root, root)):
+        return root
     args = ["init", "--quiet"]
     if git_root is None:
         args.append("--no-scm")
         how = "without git"
+    elif ignored:
+        # e.g. runs/quickstart in this repository: git ignores it, so the enclosing DVC project
+        # could not version it, and `dvc metrics show` there would list the enclosing
+        # pipeline's metrics too. It becomes a DVC project of its own.
+        args.append("--no-scm")
+        how = f"without git: {git_root} ignores it"
     elif git_root.resolve() != out_dir.resolve():
         args.append("--subdir")
         how = f"inside the git repository {git_root}"
@@ -113,6 +132,17 @@ def ensure_repo(out_dir: Path, echo: Echo) -> Path:
         )
     echo(f"initialized a DVC repository in {out_dir} ({how})")
     return out_dir
+
+
+def git_ignored(git_root: Path, path: Path) -> bool:
+    """Whether git ignores ``path`` (``git check-ignore``; False when git is unavailable)."""
+    git = shutil.which("git")
+    if git is None:
+        return False
+    done = subprocess.run(
+        [git, "check-ignore", "-q", str(path.absolute())], cwd=git_root, capture_output=True
+    )
+    return done.returncode == 0
 
 
 # Outputs DVC leaves to git that do not belong there: resumable training state (large, not
@@ -147,7 +177,8 @@ def last_error(output: str) -> str:
 def check_tools(compiled: CompiledPipeline, stages: list[Stage]) -> None:
     """The programs stage commands start must be on PATH, or DVC fails with a bare 127."""
     needed = sorted({argv[0] for stage in stages for argv in stage.cmd})
-    missing = [tool for tool in needed if shutil.which(tool) is None]
+    search = tool_path(os.environ.get("PATH", ""))  # what the stages will see (dvc_env)
+    missing = [tool for tool in needed if shutil.which(tool, path=search) is None]
     if missing:
         raise PipelineError(
             f"stage commands need {', '.join(missing)} on PATH, which is not found",

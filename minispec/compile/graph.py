@@ -426,12 +426,13 @@ def training_stage_names(spec: Spec) -> list[str]:
 
 
 def with_training_logs(stage: Stage) -> Stage:
-    """Checkpoints and logs survive a kill (persist) and stay out of the cache; metrics and
-    curves are small and meant for git, like DVCLive's own defaults."""
-    stage.outs += [
-        Out(layout.checkpoint_dir(stage.name), cache=False, persist=True),
-        Out(layout.log_dir(stage.name), cache=False, persist=True),
-    ]
+    """Logs survive a kill (persist) and are cached, so that `dvc exp apply` and `dvc checkout`
+    restore the curves and events of the run they belong to (DVC replaces the directory: no
+    event file of another run stays behind). Checkpoints (``layout.checkpoint_dir``) are no
+    DVC output: resumable training state that the stage manages itself (it resumes from it or
+    clears it), large, git-ignored; as an uncached output nothing could restore it and every
+    `dvc exp apply` would leave the stage "changed". Metrics and curves are small, for git."""
+    stage.outs += [Out(layout.log_dir(stage.name), cache=True, persist=True)]
     stage.metrics.append(Out(layout.metrics_path(stage.name), cache=False))
     stage.outs.append(Out(layout.info_path(stage.name), cache=False))
     stage.plots += [

@@ -179,3 +179,30 @@ def test_dvc_repo_in_a_git_subdirectory(tmp_path):
         ).stdout.strip()
         == "."
     )
+
+
+def test_a_git_ignored_run_directory_is_a_dvc_project_of_its_own(tmp_path):
+    """runs/quickstart in this repository: git ignores runs/, the root holds a DVC project of
+    its own; `dvc metrics show` inside the run must see the run's metrics only."""
+    git("init", "-q", cwd=tmp_path)
+    ensure_repo(tmp_path, print)  # the enclosing project (this repository's root dvc.yaml)
+    (tmp_path / ".gitignore").write_text("runs/\n")
+    run = tmp_path / "runs" / "quickstart"
+    run.mkdir(parents=True)
+    messages = []
+    assert ensure_repo(run, messages.append) == run
+    assert "ignores it" in messages[0] and "no_scm = True" in (run / ".dvc/config").read_text()
+    (run / "metrics").mkdir()
+    (run / "metrics" / "m.json").write_text('{"loss": 1.5}')
+    (run / "dvc.yaml").write_text("metrics:\n  - metrics/m.json\n")
+    (tmp_path / "dvc.yaml").write_text("metrics:\n  - missing.json\n")  # the root's, not run
+    shown = subprocess.run(
+        [sys.executable, "-m", "dvc", "metrics", "show", "--json"],
+        cwd=run,
+        env=env(),
+        capture_output=True,
+        text=True,
+    )
+    assert shown.returncode == 0 and "missing.json" not in shown.stdout, shown.stdout
+    assert '"loss": 1.5' in shown.stdout
+    assert ensure_repo(run / "sub", messages.append) == run  # found, not re-created
