@@ -88,3 +88,15 @@ def test_metric_names_and_numbers_only():
         }
     }
     assert harness.scores(results) == {"t": {"acc": 0.5, "exact_match_strict-match": 1.0}}
+
+
+def test_the_shipped_example_task_runs_offline(tmp_path, model_and_tokenizer):
+    """examples/harness (the README's local task) loads and scores all its questions."""
+    model, tokenizer = model_and_tokenizer
+    repo = Path(__file__).resolve().parents[3]
+    spec = HarnessSpec(tasks=["everyday_mc"], include_path=str(repo / "examples" / "harness"))
+    results = harness.run_tasks(model, tokenizer, spec, tmp_path, seed=0)
+    lines = (repo / "examples" / "harness" / "questions.jsonl").read_text().splitlines()
+    assert harness.provenance(results)["tasks"]["everyday_mc"]["samples"] == len(lines) == 16
+    acc = harness.scores(results)["everyday_mc"]["acc"]
+    assert acc * 16 == pytest.approx(round(acc * 16))  # a count of 16 answers
