@@ -86,7 +86,12 @@ def test_dvc_plots_show_renders_the_curves(run_dir):
             )
             steps, losses = read_dvclive_tsv(run_dir / path)
             log_name = layout.log_dir(stage).rsplit("/", 1)[-1]  # DVC drops the common logs/
-            mine = [v for v in values if v["filename"].startswith(f"{log_name}/")]
+            # DVC names the file of each point only when a plot has several
+            mine = (
+                values
+                if len(stages) == 1
+                else [v for v in values if v["filename"].startswith(f"{log_name}/")]
+            )
             assert steps and [int(v["step"]) for v in mine] == steps
             assert [float(v["loss"]) for v in mine] == pytest.approx(losses)
     models = data["models"][0]["content"]["data"]["values"]
