@@ -7,7 +7,7 @@
   whose vocabulary is the model's (``tests/engines/torch/train_support.py`` builds both);
 - ``corpus/{train,validation,test}.jsonl``: rows of the real WikiText-103 files, byte for byte;
 - ``tasks/``: a local multiple-choice lm-evaluation-harness task (a YAML and its JSONL of
-  questions built from WikiText sentences) for ``evaluate.harness``;
+  questions built from WikiText sentences); ``HARNESS`` turns it on (``--set``);
 - ``tiny.yaml``: a spec with every block (teacher correction, a depth and a width variant, both
   distilled, evaluation, export) on the CPU, every stage as small as it can be.
 
@@ -37,6 +37,12 @@ TEACHER_SOURCE = "teacher-source"
 CORPUS = "corpus"
 TASKS_DIR = "tasks"  # a local lm-evaluation-harness task (written by write_task)
 TASK_NAME = "tiny_wikitext_mc"
+# evaluate.harness on the local task, as a --set: the shared run has none, since the exports
+# depend on the scores and would then follow every rerun of evaluate in the invalidation tests
+HARNESS = (
+    f"evaluate.harness={{tasks: [{TASK_NAME}], include_path: {TASKS_DIR}, "
+    "num_fewshot: 0, batch_size: 8}"
+)
 STUDENTS = ["depth", "width"]
 TRAINING_STAGES = ["finetune", "distill@depth", "distill@width"]
 STAGES = [
@@ -118,11 +124,6 @@ evaluate:
   max_new_tokens: 4
   prompts: ["The history of the city", "In 1990 the album"]
   speed_repeats: 2
-  harness:
-    tasks: [{TASK_NAME}]
-    include_path: {TASKS_DIR}
-    num_fewshot: 0
-    batch_size: 8
 
 export:
   dtype: auto

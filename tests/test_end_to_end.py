@@ -12,10 +12,12 @@ import math
 import pytest
 from real_pipeline import (
     DEPTH_TARGET_LAYERS,
+    HARNESS,
     NAME,
     STAGES,
     STUDENTS,
     TASK_NAME,
+    TASKS_DIR,
     TEACHER_SOURCE,
     TRAINING_STAGES,
     WIDTH_TARGETS,
@@ -99,8 +101,13 @@ def test_metrics_files_hold_numbers_only(real_run):
     assert "global_batch_size" not in read_json(real_run.root / layout.metrics_path("finetune"))
 
 
-def test_harness_scores_every_model_on_the_local_task(real_run):
-    evaluation = read_json(real_run.root / layout.metrics_path("evaluate"))
+def test_harness_scores_every_model_on_the_local_task(real_run_copy):
+    """evaluate.harness on the local task the project holds: evaluate reruns (the exports,
+    whose cards show the scores, and the report follow), nothing upstream does."""
+    root = real_run_copy
+    done = run_pipeline(root, HARNESS)
+    assert sorted(stages_run(done.stdout)) == ["evaluate", "export@depth", "export@width", "report"]
+    evaluation = read_json(root / layout.metrics_path("evaluate"))
     models = [
         evaluation["teacher"],
         evaluation["teacher_corrected"],
@@ -110,15 +117,22 @@ def test_harness_scores_every_model_on_the_local_task(real_run):
         scores = m["harness"][TASK_NAME]
         assert 0.0 <= scores["acc"] <= 1.0 and 0.0 <= scores["acc_norm"] <= 1.0
         assert scores["acc"] * 12 == pytest.approx(round(scores["acc"] * 12))  # of 12 questions
-    info = read_json(real_run.root / layout.info_path("evaluate"))
+    info = read_json(root / layout.info_path("evaluate"))
     assert info["teacher"]["harness_provenance"]["tasks"][TASK_NAME]["samples"] == 12
-    table = (real_run.root / layout.EVALUATE_TABLE).read_text()
-    assert f"{TASK_NAME} acc" in table
+    assert f"{TASK_NAME} acc" in (root / layout.EVALUATE_TABLE).read_text()
+    report = (root / "reports" / "report.md").read_text()
+    table = report.split("## Downstream tasks (lm-evaluation-harness)", 1)[1].split("\n## ", 1)[0]
+    acc = evaluation["teacher"]["harness"][TASK_NAME]["acc"]
+    assert f"| {TASK_NAME} acc |" in table and f"| teacher | {acc:.4f}" in table
     for variant in STUDENTS:
-        card = (real_run.root / layout.export_dir(variant) / "README.md").read_text()
+        card = (root / layout.export_dir(variant) / "README.md").read_text()
         acc = evaluation["students"][variant]["harness"][TASK_NAME]["acc"]
         assert f"| {TASK_NAME} | acc | {acc:.4f}" in card
         assert "license: unknown" in card and "model-index:" in card
+    # the task directory is a dependency: editing a question reruns evaluate
+    questions = root / TASKS_DIR / "questions.jsonl"
+    questions.write_text(questions.read_text().replace('"answer": 0', '"answer": 1', 1))
+    assert status(root, HARNESS)["evaluate"].startswith("changed")
 
 
 def test_evaluation_compares_every_model(real_run):

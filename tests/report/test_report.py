@@ -138,25 +138,25 @@ def test_markdown_table_compares_every_model(report, run_dir):
     assert records[2]["speedup"] == pytest.approx(speedup)
 
 
-def test_report_shows_samples_scores_and_stage_tables(report, run_dir):
-    from real_pipeline import TASK_NAME
-
+def test_report_shows_samples_and_stage_tables(report, run_dir):
     text = report.markdown.read_text()
     info = json.loads((run_dir / layout.info_path("evaluate")).read_text())
     samples = text.split("## Samples", 1)[1].split("\n## ", 1)[0]
     completion = info["students"]["width"]["samples"][0]["completion"]
     assert f"| student width | {info['students']['width']['samples'][0]['prompt']} |" in samples
     assert completion.strip()[:10] in samples
-    evaluation = json.loads((run_dir / "metrics" / "evaluate.json").read_text())
-    acc = evaluation["teacher"]["harness"][TASK_NAME]["acc"]
-    scores = text.split("## Downstream tasks (lm-evaluation-harness)", 1)[1].split("\n## ", 1)[0]
-    assert f"| {TASK_NAME} acc |" in scores and f"| teacher | {acc:.4f}" in scores
+    assert (
+        "## Downstream tasks" not in text
+    )  # no evaluate.harness in this run (see test_end_to_end)
     # the students' final train loss is a KD loss, said so next to the CE columns
     training = text.split("## Training", 1)[1].split("\n## ", 1)[0]
     assert " (KD) |" in training and " (CE) |" in training
     # stage numbers as a table, settings and provenance apart from them
     others = text.split("## Other stage metrics", 1)[1].split("\n## ", 1)[0]
-    assert "| stage | metric | value |" in others and "| prune-width | params_kept_fraction |" in others
+    assert (
+        "| stage | metric | value |" in others
+        and "| prune-width | params_kept_fraction |" in others
+    )
     settings = text.split("## Settings and provenance", 1)[1].split("\n## ", 1)[0]
     assert "| finetune | device | cpu |" in settings and "device" not in others
 
@@ -309,7 +309,7 @@ def test_cli_report(run_dir, tmp_path):
     root = shutil.copytree(run_dir, tmp_path / "run")
     result = CliRunner().invoke(cli, ["report", str(root)])
     assert result.exit_code == 0, result.output
-    assert "report.md" in result.output and "9 figures" in result.output
+    assert "report.md" in result.output and "10 figures" in result.output
     assert (root / layout.REPORT_HTML).is_file()
 
     empty = tmp_path / "empty"
