@@ -50,3 +50,13 @@ def test_empty_task_list_is_located_on_the_override():
         result.exit_code == 2
         and "--set evaluate.harness={tasks: []}: evaluate.harness.tasks" in result.output
     )
+
+
+def test_an_unknown_key_brought_by_an_override_is_placed_at_it():
+    """`--set distil.steps=3`: the file has no `distil`; the error names the --set, not the file."""
+    result = lint("distil.steps=3")
+    assert result.exit_code == 2
+    assert "--set distil.steps=3: distil: unknown key 'distil'" in result.output
+    assert "did you mean 'distill'?" in result.output
+    (problem,) = [line for line in result.output.splitlines() if "unknown key" in line]
+    assert problem.startswith("--set distil.steps=3:")  # not placed in the spec file
