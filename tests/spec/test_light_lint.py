@@ -70,9 +70,7 @@ def test_core_dependencies_are_the_hooks_environment():
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     assert {requirement_name(d) for d in project["dependencies"]} == CORE
     config = YAML(typ="safe", pure=True).load((REPO / ".pre-commit-config.yaml").read_text())
-    (hook,) = [
-        h for repo in config["repos"] for h in repo["hooks"] if h["id"] == "minispec-lint"
-    ]
+    (hook,) = [h for repo in config["repos"] for h in repo["hooks"] if h["id"] == "minispec-lint"]
     assert sorted(hook["additional_dependencies"]) == sorted(project["dependencies"])
     # the pipeline tools live in extras, the engine's extra brings them
     assert "dvc>=3.50" in project["optional-dependencies"]["pipeline"]
