@@ -80,16 +80,16 @@ def model_records(data: RunData) -> list[dict[str, Any]]:
         speed = record["tokens_per_second"]
         record["speedup"] = speed / base_speed if speed and base_speed else None
         # the spread over the timed rounds (evaluate.speed_repeats): slowest and fastest round
-        low, high = model.number("tokens_per_second_min"), model.number("tokens_per_second_max")
-        record["tokens_per_second_min"], record["tokens_per_second_max"] = low, high
+        low, high = model.number("min_tokens_per_second"), model.number("max_tokens_per_second")
+        record["min_tokens_per_second"], record["max_tokens_per_second"] = low, high
         record["speedup_min"] = (
             low / base_high
-            if low and (base_high := _number(teacher, "tokens_per_second_max"))
+            if low and (base_high := _number(teacher, "max_tokens_per_second"))
             else None
         )
         record["speedup_max"] = (
             high / base_low
-            if high and (base_low := _number(teacher, "tokens_per_second_min"))
+            if high and (base_low := _number(teacher, "min_tokens_per_second"))
             else None
         )
         records.append(record)
@@ -130,8 +130,8 @@ def models_table(data: RunData) -> Block:
         row += [
             _with_range(
                 record["tokens_per_second"],
-                record["tokens_per_second_min"],
-                record["tokens_per_second_max"],
+                record["min_tokens_per_second"],
+                record["max_tokens_per_second"],
                 "speed",
             ),
             _with_range(record["speedup"], record["speedup_min"], record["speedup_max"], "ratio"),

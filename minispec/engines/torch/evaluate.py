@@ -15,7 +15,8 @@ For each model (``metrics/evaluate.json``, the format ``layout.py`` documents):
   / generation time over all prompts; ``latency_seconds`` = mean time of one prompt's
   generation; ``time_to_first_token_seconds`` = mean time to the first new token. The prompts
   are timed ``evaluate.speed_repeats`` times: ``tokens_per_second`` is the median rate, with
-  ``tokens_per_second_min``/``_max``/``_std`` for its spread. ``samples`` holds the greedy
+  ``min_``/``max_``/``std_tokens_per_second`` for its spread (named so that bundle
+  comparisons treat them as timings). ``samples`` holds the greedy
   continuations (the report shows them).
 - ``harness``: with ``evaluate.harness``, lm-evaluation-harness scores ``{task: {metric:
   value}}`` of the loaded model (:mod:`harness`).
@@ -144,9 +145,9 @@ def generation_speed(
     rates = sorted(rate for rate, _ in rounds)
     return {
         "tokens_per_second": float(np.median(rates)),
-        "tokens_per_second_min": rates[0],
-        "tokens_per_second_max": rates[-1],
-        "tokens_per_second_std": float(np.std(rates, ddof=1)) if len(rates) > 1 else 0.0,
+        "min_tokens_per_second": rates[0],
+        "max_tokens_per_second": rates[-1],
+        "std_tokens_per_second": float(np.std(rates, ddof=1)) if len(rates) > 1 else 0.0,
         "latency_seconds": float(np.median([latency for _, latency in rounds])),
         "time_to_first_token_seconds": sum(first_token_times) / len(first_token_times),
         "generated_tokens": generated,
