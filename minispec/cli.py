@@ -246,7 +246,16 @@ def run_command(
     from minispec.pipeline import run
 
     loaded = load_for_pipeline(spec, overrides)
-    run(loaded, out_dir, stage=stage_name, force=force, dry=dry_run, echo=click.echo)
+    verbose = (click.get_current_context().find_root().obj or {}).get("verbose", False)
+    run(
+        loaded,
+        out_dir,
+        stage=stage_name,
+        force=force,
+        dry=dry_run,
+        echo=click.echo,
+        verbose=verbose,
+    )
 
 
 @cli.command("plan")

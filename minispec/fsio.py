@@ -80,3 +80,69 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+# ---- metrics files: numbers for DVC, everything else beside them --------------------------------
+
+
+def _is_number(value: Any) -> bool:
+    import math
+
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def split_metrics(data: dict, settings: frozenset[str] = frozenset()) -> tuple[dict, dict]:
+    """``(numbers, info)``: finite numbers (nested dicts kept) for ``dvc metrics``; strings,
+    lists, None, booleans and the keys named in ``settings`` (values that repeat params, such as
+    batch sizes) for the info file. Empty objects are dropped from either side."""
+    numbers: dict = {}
+    info: dict = {}
+    for key, value in data.items():
+        if key in settings:
+            info[key] = value
+        elif isinstance(value, dict):
+            inner_numbers, inner_info = split_metrics(value, settings)
+            if inner_numbers:
+                numbers[key] = inner_numbers
+            if inner_info:
+                info[key] = inner_info
+        elif _is_number(value):
+            numbers[key] = value
+        else:
+            info[key] = value
+    return numbers, info
+
+
+def write_metrics(
+    root: str | os.PathLike[str], stage: str, data: dict, settings: frozenset[str] = frozenset()
+) -> None:
+    """Write a stage's record as ``layout.metrics_path`` (numbers only, a DVC metric) and
+    ``layout.info_path`` (settings and provenance, not a metric); the info file first, so a
+    metrics file never exists without its explanation."""
+    from minispec import layout
+
+    numbers, info = split_metrics(data, settings)
+    write_json_atomic(Path(root) / layout.info_path(stage), info)
+    write_json_atomic(Path(root) / layout.metrics_path(stage), numbers)
+
+
+def merge_records(numbers: Any, info: Any) -> Any:
+    """The stage's whole record again: ``info`` laid over ``numbers`` (nested dicts merged)."""
+    if not isinstance(numbers, dict) or not isinstance(info, dict):
+        return info if info is not None else numbers
+    merged = dict(numbers)
+    for key, value in info.items():
+        merged[key] = merge_records(merged.get(key), value)
+    return merged
+
+
+def read_metrics_record(root: str | os.PathLike[str], stage: str) -> dict:
+    """A stage's metrics and its info file merged (either may be missing: older runs, nemo)."""
+    from minispec import layout
+
+    record: Any = {}
+    for rel in (layout.metrics_path(stage), layout.info_path(stage)):
+        path = Path(root) / rel
+        if path.is_file():
+            record = merge_records(record, json.loads(path.read_text(encoding="utf-8")))
+    return record if isinstance(record, dict) else {}

@@ -80,6 +80,13 @@ def metrics_path(stage: str) -> str:
     return f"{METRICS_DIR}/{stage.replace('@', '-')}.json"
 
 
+def info_path(stage: str) -> str:
+    """Settings and provenance of a stage's metrics (strings, sizes that repeat params, sample
+    texts): beside the metrics but not a DVC metric, so ``dvc metrics show`` holds numbers only
+    (``fsio.write_metrics`` splits a record; ``fsio.read_metrics_record`` joins it again)."""
+    return f"{METRICS_DIR}/info/{stage.replace('@', '-')}.json"
+
+
 def log_dir(stage: str) -> str:
     """DVCLive directory of a training stage (``plots/metrics/...tsv``) and TensorBoard events under ``tb/``."""
     return f"{LOGS_DIR}/{stage.replace('@', '-')}"
@@ -110,7 +117,8 @@ def working_teacher_dir(spec) -> str:
 #   plots/metrics/train/loss.tsv   DVCLive's format: tab-separated `timestamp  step  loss`
 #   plots/metrics/val/loss.tsv     the same for validation loss
 #   (further DVCLive series: train/lr, train/tokens_per_second, train/kd_loss, train/ce_loss...)
-#   tb/                            TensorBoard event files (tags train/loss, val/loss, ...)
+#   tb/                            TensorBoard event files (tags train/objective, train/ce_loss,
+#                                  train/kd_loss, val/loss, ...: each means one thing everywhere)
 # The compiled dvc.yaml declares log_dir(stage) and checkpoint_dir(stage) as persistent,
 # uncached outputs: DVC never deletes them before a rerun, so a run resumed after a kill finds
 # its checkpoint and appends to its curves. A stage that starts afresh (no checkpoint, or one
@@ -139,6 +147,10 @@ def tensorboard_dir(stage: str) -> str:
 # where M = {"params_total", "params_non_embedding", "<split>_loss", "<split>_perplexity" for each
 # evaluated split, "tokens_per_second", "latency_seconds", "tokens_evaluated": {"<split>": n}}.
 EVALUATE_TABLE = f"{METRICS_DIR}/evaluate.md"
+# the lm-evaluation-harness scores alone ({"teacher": {task: {metric: x}}, "students": {...}}),
+# an input of export@<v> (its model card shows them): unlike evaluate.json it does not change
+# with timings, so a rerun of evaluate that gives the same scores re-exports nothing
+HARNESS_SCORES = f"{METRICS_DIR}/info/harness.json"
 
 
 # ---- nemo engine -----------------------------------------------------------------------------

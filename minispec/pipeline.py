@@ -30,6 +30,7 @@ from typing import IO, Any
 from minispec import layout
 from minispec.compile import CompiledPipeline, compile_pipeline, drift, write_pipeline
 from minispec.compile.graph import TRAINING_STEPS, Stage, owner_of, upstream_closure
+from minispec.console import StageOutput
 from minispec.errors import PipelineError
 from minispec.runlock import holding_run_lock
 from minispec.shell import join as shell_join
@@ -72,7 +73,17 @@ def dvc_argv() -> list[str]:
 def dvc_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONUNBUFFERED"] = "1"  # stage output and DVC's messages arrive in order, line by line
+    env["PATH"] = tool_path(env.get("PATH", ""))
     return env
+
+
+def tool_path(path: str) -> str:
+    """``PATH`` with this interpreter's scripts directory first: stage commands (``minispec
+    stage ...``, ``torchrun``) come from the environment that runs minispec and DVC, also when
+    it is called as ``.venv/bin/minispec`` without the venv on PATH."""
+    scripts = str(Path(sys.executable).parent)
+    parts = [p for p in path.split(os.pathsep) if p and p != scripts]
+    return os.pathsep.join([scripts, *parts])
 
 
 def run_dvc(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -94,13 +105,22 @@ def find_up(start: Path, name: str, want_dir: bool = True) -> Path | None:
 def ensure_repo(out_dir: Path, echo: Echo) -> Path:
     """The DVC repository that holds ``out_dir``; ``dvc init`` one there if there is none."""
     root = find_up(out_dir, ".dvc")
-    if root is not None:
-        return root
     git_root = find_up(out_dir, ".git", want_dir=False)
+    ignored = git_root is not None and git_ignored(git_root, out_dir)
+    # a DVC project above a git-ignored out_dir is used only when it is git-ignored too (a
+    # project of its own, made by an earlier run); the enclosing versioned project is not
+    if root is not None and (not ignored or git_ignored(git_root, root)):
+        return root
     args = ["init", "--quiet"]
     if git_root is None:
         args.append("--no-scm")
         how = "without git"
+    elif ignored:
+        # e.g. runs/quickstart in this repository: git ignores it, so the enclosing DVC project
+        # could not version it, and `dvc metrics show` there would list the enclosing
+        # pipeline's metrics too. It becomes a DVC project of its own.
+        args.append("--no-scm")
+        how = f"without git: {git_root} ignores it"
     elif git_root.resolve() != out_dir.resolve():
         args.append("--subdir")
         how = f"inside the git repository {git_root}"
@@ -113,6 +133,17 @@ def ensure_repo(out_dir: Path, echo: Echo) -> Path:
         )
     echo(f"initialized a DVC repository in {out_dir} ({how})")
     return out_dir
+
+
+def git_ignored(git_root: Path, path: Path) -> bool:
+    """Whether git ignores ``path`` (``git check-ignore``; False when git is unavailable)."""
+    git = shutil.which("git")
+    if git is None:
+        return False
+    done = subprocess.run(
+        [git, "check-ignore", "-q", str(path.absolute())], cwd=git_root, capture_output=True
+    )
+    return done.returncode == 0
 
 
 # Outputs DVC leaves to git that do not belong there: resumable training state (large, not
@@ -147,7 +178,8 @@ def last_error(output: str) -> str:
 def check_tools(compiled: CompiledPipeline, stages: list[Stage]) -> None:
     """The programs stage commands start must be on PATH, or DVC fails with a bare 127."""
     needed = sorted({argv[0] for stage in stages for argv in stage.cmd})
-    missing = [tool for tool in needed if shutil.which(tool) is None]
+    search = tool_path(os.environ.get("PATH", ""))  # what the stages will see (dvc_env)
+    missing = [tool for tool in needed if shutil.which(tool, path=search) is None]
     if missing:
         raise PipelineError(
             f"stage commands need {', '.join(missing)} on PATH, which is not found",
@@ -186,8 +218,12 @@ def run(
     force: bool = False,
     dry: bool = False,
     echo: Echo = print,
+    verbose: bool = False,
 ) -> None:
-    """Compile ``loaded`` into ``out_dir`` and reproduce it (or print its commands when ``dry``)."""
+    """Compile ``loaded`` into ``out_dir`` and reproduce it (or print its commands when ``dry``).
+
+    The console gets one line per stage; stage output goes to ``logs/`` (and, ``verbose``,
+    to the console too; :mod:`minispec.console`)."""
     compiled = compile_pipeline(loaded, out_dir)
     selected = select_stages(compiled, stage)
     if dry:
@@ -195,11 +231,15 @@ def run(
         return
     dvc_argv()  # fail before writing anything when DVC is missing
     check_tools(compiled, selected)
+    for line in params_edits(compiled):
+        echo(line)
     for path in write_pipeline(compiled):
         echo(f"compiled {path}")
     ensure_repo(compiled.out_dir, echo)
     ensure_gitignore(compiled.out_dir)
-    monitor = ReproMonitor(compiled.out_dir, total=len(selected), echo=echo)
+    monitor = ReproMonitor(
+        compiled.out_dir, total=len(selected), echo=echo, output=StageOutput.for_console(verbose)
+    )
     if force:
         discard_checkpoints(
             compiled.out_dir, [stage] if stage else [s.name for s in selected], echo
@@ -214,6 +254,43 @@ def run(
     else:
         repro(compiled.out_dir, [stage] if stage else [], monitor, force=force)
     monitor.summary()
+
+
+def params_edits(compiled: CompiledPipeline) -> list[str]:
+    """A warning naming every ``params.yaml`` value that differs from what the spec compiles to
+    (e.g. after ``dvc exp run -S KEY=VALUE``): ``minispec run`` rewrites ``params.yaml`` from
+    the spec, so such an edit is about to be undone."""
+    from minispec.compile.dvc import generated_by_minispec, split_header
+    from minispec.spec.load import parse_yaml
+
+    path = compiled.out_dir / layout.PARAMS_FILE
+    if not path.is_file():
+        return []
+    text = path.read_text(encoding="utf-8")
+    if generated_by_minispec(text):
+        return []  # untouched since it was compiled: a spec change is no edit to warn about
+    try:
+        on_disk, _ = parse_yaml(split_header(text)[1], path.name)
+    except Exception:  # unreadable: compiling replaces it, nothing to compare
+        return []
+    differing = leaf_differences(on_disk, compiled.spec.model_dump(mode="json"))
+    if not differing:
+        return []
+    shown = ", ".join(f"{key} ({old!r} there, {new!r} in the spec)" for key, old, new in differing)
+    return [
+        f"warning: {path} differs from the spec in {shown}; it is recompiled from the spec now "
+        "(to keep such a value, write it in the spec or pass --set KEY=VALUE)"
+    ]
+
+
+def leaf_differences(old: Any, new: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """``(dotted key, old value, new value)`` of every leaf that differs (missing = None)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in list(new) + [k for k in old if k not in new]:
+            out += leaf_differences(old.get(key), new.get(key), f"{prefix}{key}.")
+        return out
+    return [] if old == new else [(prefix.rstrip("."), old, new)]
 
 
 def direct_upstream(stages: list[Stage], name: str) -> list[str]:
@@ -309,6 +386,7 @@ class ReproMonitor:
     failed: tuple[str, str, int | None] | None = None  # stage, reason, exit code
     errors: list[str] = field(default_factory=list)
     launched: list[str] = field(default_factory=list)  # stages whose command ran in this repro
+    output: StageOutput = field(default_factory=StageOutput)  # stage lines: log only by default
 
     def feed(self, line: str) -> None:
         if match := RUNNING.match(line):
@@ -329,17 +407,19 @@ class ReproMonitor:
             self.finish(ok=False)
         elif line.startswith("ERROR"):
             self.errors.append(line)
+            self.output.clear()
             self.echo(line)
         elif DVC_NOISE.match(line) or (not line.strip() and self.current is None):
             pass
         else:
             self.write_log(line)
-            self.echo(line)
+            self.output.line(line, self.echo)
 
     def progress(self, stage: str, state: str) -> None:
         if stage not in self.seen:
             self.seen.append(stage)
         index = self.seen.index(stage) + 1
+        self.output.clear()
         self.echo(f"[{index:>2}/{self.total}] {stage:<20} {state}")
 
     def start(self, stage: str) -> None:
@@ -349,7 +429,11 @@ class ReproMonitor:
         path = self.out_dir / layout.stage_log_path(stage)
         path.parent.mkdir(parents=True, exist_ok=True)
         self.log = path.open("w", encoding="utf-8")
-        self.progress(stage, f"running (log: {layout.stage_log_path(stage)})")
+        if self.output.verbose:  # heads the stage's output; otherwise its `done` line suffices
+            self.progress(stage, f"running (log: {layout.stage_log_path(stage)})")
+        elif stage not in self.seen:
+            self.seen.append(stage)  # its number in the summary is its place in the run
+        self.output.begin(stage)
 
     def write_log(self, line: str) -> None:
         if self.log is not None:
@@ -369,6 +453,7 @@ class ReproMonitor:
             self.progress(stage, f"FAILED after {format_seconds(elapsed)}")
 
     def close(self) -> None:
+        self.output.end()
         if self.log is not None:
             self.log.close()
             self.log = None

@@ -6,6 +6,8 @@
   MLP 128) saved as a standard HF directory, with a real fast BPE tokenizer trained on WikiText
   whose vocabulary is the model's (``tests/engines/torch/train_support.py`` builds both);
 - ``corpus/{train,validation,test}.jsonl``: rows of the real WikiText-103 files, byte for byte;
+- ``tasks/``: a local multiple-choice lm-evaluation-harness task (a YAML and its JSONL of
+  questions built from WikiText sentences); ``HARNESS`` turns it on (``--set``);
 - ``tiny.yaml``: a spec with every block (teacher correction, a depth and a width variant, both
   distilled, evaluation, export) on the CPU, every stage as small as it can be.
 
@@ -33,6 +35,14 @@ SPEC_FILE = "tiny.yaml"
 NAME = "tiny-e2e"
 TEACHER_SOURCE = "teacher-source"
 CORPUS = "corpus"
+TASKS_DIR = "tasks"  # a local lm-evaluation-harness task (written by write_task)
+TASK_NAME = "tiny_wikitext_mc"
+# evaluate.harness on the local task, as a --set: the shared run has none, since the exports
+# depend on the scores and would then follow every rerun of evaluate in the invalidation tests
+HARNESS = (
+    f"evaluate.harness={{tasks: [{TASK_NAME}], include_path: {TASKS_DIR}, "
+    "num_fewshot: 0, batch_size: 8}"
+)
 STUDENTS = ["depth", "width"]
 TRAINING_STAGES = ["finetune", "distill@depth", "distill@width"]
 STAGES = [
@@ -113,6 +123,7 @@ evaluate:
   batch_size: 8
   max_new_tokens: 4
   prompts: ["The history of the city", "In 1990 the album"]
+  speed_repeats: 2
 
 export:
   dtype: auto
@@ -149,8 +160,57 @@ def write_teacher(directory: Path, wikitext_dir: Path) -> None:
     save_hf(tiny_teacher(tokenizer, layers=TEACHER_LAYERS, seed=0), tokenizer, directory)
 
 
+TASK_YAML = f"""\
+# A local lm-evaluation-harness task: offline (json data files beside this YAML)
+task: {TASK_NAME}
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: questions.jsonl
+test_split: test
+output_type: multiple_choice
+doc_to_text: "{{{{context}}}}"
+doc_to_choice: "{{{{choices}}}}"
+doc_to_target: "{{{{answer}}}}"
+metric_list:
+  - metric: acc
+    aggregation: mean
+    higher_is_better: true
+  - metric: acc_norm
+    aggregation: mean
+    higher_is_better: true
+"""
+
+
+def write_task(directory: Path, wikitext_dir: Path, questions: int = 12) -> None:
+    """Which continuation does the text really have? The first words of a WikiText line, its
+    true next words and those of other lines; the answer's position rotates."""
+    directory.mkdir(parents=True, exist_ok=True)
+    lines = []
+    with open(wikitext_dir / "validation.jsonl", encoding="utf-8") as handle:
+        for row in handle:
+            words = json.loads(row)["text"].split()
+            if len(words) >= 16:
+                lines.append(words)
+            if len(lines) >= questions + 3:
+                break
+    rows = []
+    for index in range(questions):
+        words = lines[index]
+        true = " ".join(words[8:12])  # lm-eval puts its target_delimiter (" ") in front
+        others = [" ".join(lines[index + k][8:12]) for k in (1, 2, 3)]
+        answer = index % 4
+        choices = others[:answer] + [true] + others[answer:]
+        rows.append({"context": " ".join(words[:8]), "choices": choices, "answer": answer})
+    (directory / "task.yaml").write_text(TASK_YAML, encoding="utf-8")
+    (directory / "questions.jsonl").write_text(
+        "".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8"
+    )
+
+
 def write_project(root: Path, wikitext_dir: Path) -> Path:
     root.mkdir(parents=True, exist_ok=True)
+    write_task(root / TASKS_DIR, wikitext_dir)
     write_teacher(root / TEACHER_SOURCE, wikitext_dir)
     write_corpus(root / CORPUS, wikitext_dir)
     (root / SPEC_FILE).write_text(SPEC_TEXT, encoding="utf-8")

@@ -12,9 +12,12 @@ import math
 import pytest
 from real_pipeline import (
     DEPTH_TARGET_LAYERS,
+    HARNESS,
     NAME,
     STAGES,
     STUDENTS,
+    TASK_NAME,
+    TASKS_DIR,
     TEACHER_SOURCE,
     TRAINING_STAGES,
     WIDTH_TARGETS,
@@ -27,6 +30,7 @@ from real_pipeline import (
 from ruamel.yaml import YAML
 
 from minispec import layout
+from minispec.fsio import read_metrics_record
 
 pytestmark = pytest.mark.slow
 
@@ -54,7 +58,7 @@ def test_status_says_every_stage_is_up_to_date(real_run):
 
 def test_training_metrics_are_sane(real_run):
     for stage in TRAINING_STAGES:
-        metrics = read_json(real_run.root / layout.metrics_path(stage))
+        metrics = read_metrics_record(real_run.root, stage)  # numbers and info file together
         assert metrics["steps"] == 8 and metrics["tokens"] == 8 * 8 * 32, stage
         for key in ("initial_val_loss", "final_val_loss", "final_train_loss"):
             assert finite(metrics[key]) and 0 < metrics[key] < 10, (stage, key, metrics[key])
@@ -62,7 +66,7 @@ def test_training_metrics_are_sane(real_run):
         assert metrics["resumed_from_step"] is None  # trained from scratch
     for student in STUDENTS:
         # 8 steps of distillation at lr 3e-3 lower the student's validation loss
-        metrics = read_json(real_run.root / layout.metrics_path(f"distill@{student}"))
+        metrics = read_metrics_record(real_run.root, f"distill@{student}")
         assert metrics["final_val_loss"] < metrics["initial_val_loss"], (student, metrics)
         assert metrics["loss"]["kind"] == "logits_kl"
 
@@ -79,8 +83,60 @@ def test_curves_hold_every_logged_step(real_run):
         assert float(rows[-1]["loss"]) == pytest.approx(metrics["final_val_loss"])
 
 
+def numbers_only(value) -> bool:
+    if isinstance(value, dict):
+        return all(numbers_only(v) for v in value.values())
+    return finite(value) and not isinstance(value, bool)
+
+
+def test_metrics_files_hold_numbers_only(real_run):
+    """What `dvc metrics show` reads: numbers; settings and provenance are in metrics/info/."""
+    stages = [*TRAINING_STAGES, "evaluate", *(f"prune@{v}" for v in STUDENTS)]
+    for stage in stages:
+        metrics = read_json(real_run.root / layout.metrics_path(stage))
+        assert metrics and numbers_only(metrics), stage
+        assert (real_run.root / layout.info_path(stage)).is_file(), stage
+    info = read_json(real_run.root / layout.info_path("evaluate"))
+    assert info["settings"]["speed_repeats"] == 2 and info["teacher"]["samples"][0]["completion"]
+    assert "global_batch_size" not in read_json(real_run.root / layout.metrics_path("finetune"))
+
+
+def test_harness_scores_every_model_on_the_local_task(real_run_copy):
+    """evaluate.harness on the local task the project holds: evaluate reruns (the exports,
+    whose cards show the scores, and the report follow), nothing upstream does."""
+    root = real_run_copy
+    done = run_pipeline(root, HARNESS)
+    assert sorted(stages_run(done.stdout)) == ["evaluate", "export@depth", "export@width", "report"]
+    evaluation = read_json(root / layout.metrics_path("evaluate"))
+    models = [
+        evaluation["teacher"],
+        evaluation["teacher_corrected"],
+        *evaluation["students"].values(),
+    ]
+    for m in models:
+        scores = m["harness"][TASK_NAME]
+        assert 0.0 <= scores["acc"] <= 1.0 and 0.0 <= scores["acc_norm"] <= 1.0
+        assert scores["acc"] * 12 == pytest.approx(round(scores["acc"] * 12))  # of 12 questions
+    info = read_json(root / layout.info_path("evaluate"))
+    assert info["teacher"]["harness_provenance"]["tasks"][TASK_NAME]["samples"] == 12
+    assert f"{TASK_NAME} acc" in (root / layout.EVALUATE_TABLE).read_text()
+    report = (root / "reports" / "report.md").read_text()
+    table = report.split("## Downstream tasks (lm-evaluation-harness)", 1)[1].split("\n## ", 1)[0]
+    acc = evaluation["teacher"]["harness"][TASK_NAME]["acc"]
+    assert f"| {TASK_NAME} acc |" in table and f"| teacher | {acc:.4f}" in table
+    for variant in STUDENTS:
+        card = (root / layout.export_dir(variant) / "README.md").read_text()
+        acc = evaluation["students"][variant]["harness"][TASK_NAME]["acc"]
+        assert f"| {TASK_NAME} | acc | {acc:.4f}" in card
+        assert "license: unknown" in card and "model-index:" in card
+    # the task directory is a dependency: editing a question reruns evaluate
+    questions = root / TASKS_DIR / "questions.jsonl"
+    questions.write_text(questions.read_text().replace('"answer": 0', '"answer": 1', 1))
+    assert status(root, HARNESS)["evaluate"].startswith("changed")
+
+
 def test_evaluation_compares_every_model(real_run):
-    evaluation = read_json(real_run.root / layout.metrics_path("evaluate"))
+    evaluation = read_metrics_record(real_run.root, "evaluate")
     models = {
         "teacher": evaluation["teacher"],
         "teacher_corrected": evaluation["teacher_corrected"],

@@ -37,3 +37,29 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
         raise RuntimeError("disk full")
     assert (tmp_path / "a.bin").read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.bin"]
+
+
+def test_metrics_split_into_numbers_and_info_and_join_again(tmp_path):
+    from minispec import layout
+    from minispec.fsio import read_metrics_record, split_metrics, write_metrics
+
+    record = {
+        "final_val_loss": 2.5,
+        "device": "cpu",
+        "global_batch_size": 8,
+        "resumed_from_step": None,
+        "ok": True,
+        "loss": {"kind": "logits_kl", "temperature": 1.0},
+        "teacher": {"acc": 0.5, "samples": [{"prompt": "a"}], "nan": float("nan")},
+    }
+    numbers, info = split_metrics(record, frozenset({"global_batch_size"}))
+    assert numbers == {"final_val_loss": 2.5, "loss": {"temperature": 1.0}, "teacher": {"acc": 0.5}}
+    assert info["global_batch_size"] == 8 and info["device"] == "cpu" and info["ok"] is True
+    write_metrics(tmp_path, "distill@depth", record, frozenset({"global_batch_size"}))
+    assert (tmp_path / layout.metrics_path("distill@depth")).is_file()
+    assert (tmp_path / "metrics" / "info" / "distill-depth.json").is_file()
+    joined = read_metrics_record(tmp_path, "distill@depth")
+    assert {k: v for k, v in joined.items() if k != "teacher"} == {
+        k: v for k, v in record.items() if k != "teacher"
+    }
+    assert joined["teacher"]["acc"] == 0.5 and joined["teacher"]["samples"] == [{"prompt": "a"}]

@@ -96,6 +96,8 @@ def plot_definitions(stages: list[Stage]) -> list[dict[str, Any]]:
 
     The curves lie inside the stage's log directory, a (persistent) output itself, so they are
     drawn from the top-level ``plots`` section: DVC forbids declaring overlapping outputs.
+    A distillation stage's train loss is the KD loss (near 0) and its validation loss is CE:
+    they get a plot each, so neither is flattened on the other's axis.
     """
     plots = []
     for stage in stages:
@@ -103,6 +105,19 @@ def plot_definitions(stages: list[Stage]) -> list[dict[str, Any]]:
         for plot in stage.plots:
             by_axes.setdefault((plot.x, plot.y), []).append(plot.path)
         for (x, y), paths in by_axes.items():
+            if stage.step == "distill":
+                for path in sorted(paths):
+                    kind = "train KD" if "/train/" in path else "validation CE"
+                    plots.append(
+                        {
+                            f"{stage.name} {kind} {y}": {
+                                "x": x,
+                                "y": {escape(path): y},
+                                "y_label": f"{kind} {y}",
+                            }
+                        }
+                    )
+                continue
             plots.append(
                 {f"{stage.name} {y}": {"x": x, "y": {escape(p): y for p in sorted(paths)}}}
             )

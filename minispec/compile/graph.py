@@ -350,7 +350,7 @@ def prune_stage(spec: Spec, variant: str) -> Stage:
         f"Prune the working teacher into variant {variant}",
         deps=deps,
         params=params,
-        outs=[Out(layout.pruned_dir(variant))],
+        outs=[Out(layout.pruned_dir(variant)), Out(layout.info_path(name), cache=False)],
         metrics=[Out(layout.metrics_path(name), cache=False)],
     )
 
@@ -424,27 +424,35 @@ def evaluate_stage(spec: Spec) -> Stage:
     if spec.finetune is not None:
         models.append(layout.CORRECTED_TEACHER_DIR)
     models += [layout.final_model_dir(spec, v) for v in spec.prune]
+    harness = spec.evaluate.harness
+    tasks_dir = local_sources(harness.include_path) if harness is not None else []
     return Stage(
         "evaluate",
         "evaluate",
         None,
         "Score the teacher and every student with the same code",
-        deps=[*models, layout.TOKENS_DIR],
+        deps=[*models, layout.TOKENS_DIR, *tasks_dir],
         params=["evaluate", "data.seq_length", "seed", *MODEL_LOADING],
-        outs=[Out(layout.EVALUATE_TABLE, cache=False)],
+        outs=[
+            Out(layout.EVALUATE_TABLE, cache=False),
+            Out(layout.info_path("evaluate"), cache=False),
+            *([Out(layout.HARNESS_SCORES, cache=False)] if harness is not None else []),
+        ],
         metrics=[Out(layout.metrics_path("evaluate"), cache=False)],
     )
 
 
 def report_stage(spec: Spec) -> Stage:
-    deps = [layout.metrics_path("evaluate"), layout.EVALUATE_TABLE]
+    deps = [layout.metrics_path("evaluate"), layout.info_path("evaluate"), layout.EVALUATE_TABLE]
     for stage in training_stage_names(spec):
         deps += [
             layout.metrics_path(stage),
+            layout.info_path(stage),
             layout.train_curve_path(stage),
             layout.val_curve_path(stage),
         ]
     deps += [layout.metrics_path(f"prune@{v}") for v in spec.prune]
+    deps += [layout.info_path(f"prune@{v}") for v in spec.prune]
     return Stage(
         "report",
         "report",
@@ -457,7 +465,9 @@ def report_stage(spec: Spec) -> Stage:
 
 
 def export_stage(spec: Spec, variant: str) -> Stage:
-    # not evaluate's outputs: a new evaluate option must not re-export
+    # not evaluate's metrics (a new evaluate option must not re-export); with evaluate.harness
+    # the card shows the variant's lm-eval scores, which are an input then
+    harness = [layout.HARNESS_SCORES] if spec.evaluate.harness is not None else []
     return Stage(
         f"export@{variant}",
         "export",
@@ -466,6 +476,7 @@ def export_stage(spec: Spec, variant: str) -> Stage:
         deps=[
             layout.final_model_dir(spec, variant),
             layout.metrics_path(training_stage_name(spec, variant)),
+            *harness,
         ],
         params=["name", "teacher.source", "export.dtype"],
         outs=[Out(layout.export_dir(variant))],
@@ -491,13 +502,15 @@ def training_stage_names(spec: Spec) -> list[str]:
 
 
 def with_training_logs(stage: Stage) -> Stage:
-    """Checkpoints and logs survive a kill (persist) and stay out of the cache; metrics and
-    curves are small and meant for git, like DVCLive's own defaults."""
-    stage.outs += [
-        Out(layout.checkpoint_dir(stage.name), cache=False, persist=True),
-        Out(layout.log_dir(stage.name), cache=False, persist=True),
-    ]
+    """Logs survive a kill (persist) and are cached, so that `dvc exp apply` and `dvc checkout`
+    restore the curves and events of the run they belong to (DVC replaces the directory: no
+    event file of another run stays behind). Checkpoints (``layout.checkpoint_dir``) are no
+    DVC output: resumable training state that the stage manages itself (it resumes from it or
+    clears it), large, git-ignored; as an uncached output nothing could restore it and every
+    `dvc exp apply` would leave the stage "changed". Metrics and curves are small, for git."""
+    stage.outs += [Out(layout.log_dir(stage.name), cache=True, persist=True)]
     stage.metrics.append(Out(layout.metrics_path(stage.name), cache=False))
+    stage.outs.append(Out(layout.info_path(stage.name), cache=False))
     stage.plots += [
         Plot(layout.train_curve_path(stage.name)),
         Plot(layout.val_curve_path(stage.name)),

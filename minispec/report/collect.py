@@ -79,6 +79,8 @@ class RunData:
     teacher_source: str | None = None
     curves: dict[tuple[str, str], Curve] = field(default_factory=dict)
     stage_metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
+    stage_info: dict[str, dict[str, Any]] = field(default_factory=dict)  # layout.info_path files
+    evaluation_info: dict[str, Any] = field(default_factory=dict)  # samples, settings, provenance
     models: list[ModelRow] = field(default_factory=list)
     depth: dict[str, DepthScores] = field(default_factory=dict)
     width: WidthScores | None = None
@@ -212,6 +214,24 @@ def read_stage_metrics(data: RunData) -> None:
             continue
         if isinstance(value, dict):
             data.stage_metrics[path.stem] = value
+    read_stage_info(data)
+
+
+def read_stage_info(data: RunData) -> None:
+    """Settings and provenance beside the metrics (``layout.info_path``; absent in older runs)."""
+    info_dir = data.root / Path(layout.info_path("x")).parent
+    for path in sorted(info_dir.glob("*.json")) if info_dir.is_dir() else []:
+        try:
+            value = read_json(path)
+        except ValueError as exc:
+            data.notes.append(f"{path.relative_to(data.root)}: {exc}")
+            continue
+        if not isinstance(value, dict):
+            continue
+        if path.stem == "evaluate":
+            data.evaluation_info = value
+        elif path.stem != Path(layout.HARNESS_SCORES).stem:
+            data.stage_info[path.stem] = value
 
 
 def read_evaluation(data: RunData) -> None:

@@ -79,8 +79,33 @@ def model_records(data: RunData) -> list[dict[str, Any]]:
         record["latency_seconds"] = model.number("latency_seconds")
         speed = record["tokens_per_second"]
         record["speedup"] = speed / base_speed if speed and base_speed else None
+        # the spread over the timed rounds (evaluate.speed_repeats): slowest and fastest round
+        low, high = model.number("min_tokens_per_second"), model.number("max_tokens_per_second")
+        record["min_tokens_per_second"], record["max_tokens_per_second"] = low, high
+        record["speedup_min"] = (
+            low / base_high
+            if low and (base_high := _number(teacher, "max_tokens_per_second"))
+            else None
+        )
+        record["speedup_max"] = (
+            high / base_low
+            if high and (base_low := _number(teacher, "min_tokens_per_second"))
+            else None
+        )
         records.append(record)
     return records
+
+
+def _number(model: ModelRow | None, key: str) -> float | None:
+    return model.number(key) if model is not None else None
+
+
+def _with_range(value: Any, low: Any, high: Any, kind: str) -> str:
+    """``median (min–max)`` when a spread was measured, else the value alone."""
+    text = fmt(value, kind)
+    if low is None or high is None or text == "–":
+        return text
+    return f"{text} ({fmt(low, kind)}–{fmt(high, kind)})"
 
 
 def _splits_present(models: list[ModelRow]) -> list[str]:
@@ -102,7 +127,15 @@ def models_table(data: RunData) -> Block:
         ]
         for split in splits:
             row += [fmt(record[f"{split}_loss"], "loss"), fmt(record[f"{split}_perplexity"], "ppl")]
-        row += [fmt(record["tokens_per_second"], "speed"), fmt(record["speedup"], "ratio")]
+        row += [
+            _with_range(
+                record["tokens_per_second"],
+                record["min_tokens_per_second"],
+                record["max_tokens_per_second"],
+                "speed",
+            ),
+            _with_range(record["speedup"], record["speedup_min"], record["speedup_max"], "ratio"),
+        ]
         rows.append(tuple(row))
     return Block("table", header=tuple(header), rows=tuple(rows))
 
@@ -116,21 +149,100 @@ def training_table(data: RunData) -> Block | None:
     header = ("stage",) + tuple(label for _, label, _ in TRAINING_COLUMNS)
     rows = tuple(
         (stage_label(stage),)
-        + tuple(fmt(data.stage_metrics[stage].get(key), kind) for key, _, kind in TRAINING_COLUMNS)
+        + tuple(
+            training_cell(stage, key, data.stage_metrics[stage].get(key), kind)
+            for key, _, kind in TRAINING_COLUMNS
+        )
         for stage in stages
     )
     return Block("table", header=header, rows=rows)
 
 
-def other_metrics(data: RunData) -> list[str]:
-    """Scalar metrics of the other stages (prune, importance, ...), flattened as ``key = value``."""
-    items = []
+def training_cell(stage: str, key: str, value: Any, kind: str) -> str:
+    """A training table cell; the final train loss says which loss it is (CE for teacher
+    correction, the KD objective for a student: not comparable with the CE columns)."""
+    text = fmt(value, kind)
+    if key == "final_train_loss" and text != "–":
+        text += " (CE)" if stage == "finetune" else " (KD)"
+    return text
+
+
+def other_metrics(data: RunData) -> Block | None:
+    """Numbers of the other stages (prune, ...) as one table: stage, metric, value."""
+    rows = []
     for stage in sorted(data.stage_metrics):
         if stage == "finetune" or stage.startswith("distill-"):
             continue
         for key, value in _flatten(data.stage_metrics[stage]):
-            items.append(f"{stage}: {key} = {value}")
-    return items
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                rows.append((stage, key, _metric_text(key, value)))
+    if not rows:
+        return None
+    return Block("table", header=("stage", "metric", "value"), rows=tuple(rows))
+
+
+def _metric_text(key: str, value: float) -> str:
+    if isinstance(value, int) or float(value).is_integer():
+        return f"{int(value):,}"
+    if "loss" in key:
+        return f"{value:.4f}"
+    return f"{value:.4g}"
+
+
+def provenance(data: RunData) -> Block | None:
+    """Settings and provenance of every stage (the info files): how each number was made."""
+    rows = []
+    for stage in sort_stages(list(data.stage_info)):
+        for key, value in _flatten(data.stage_info[stage]):
+            rows.append((stage, key, "–" if value is None else str(value)))
+    if not rows:
+        return None
+    return Block("table", header=("stage", "setting", "value"), rows=tuple(rows))
+
+
+def harness_table(data: RunData) -> Block | None:
+    """lm-evaluation-harness scores per model (± lm-eval's standard error)."""
+    columns: list[tuple[str, str]] = []
+    for model in data.models:
+        for task, values in (model.metrics.get("harness") or {}).items():
+            for metric in values:
+                if not metric.endswith("_stderr") and (task, metric) not in columns:
+                    columns.append((task, metric))
+    if not columns:
+        return None
+    rows = []
+    for model in data.models:
+        row = [model.label]
+        for task, metric in columns:
+            values = (model.metrics.get("harness") or {}).get(task, {})
+            value, stderr = values.get(metric), values.get(f"{metric}_stderr")
+            cell = fmt(value, "loss")
+            if stderr and cell != "–":
+                cell += f" ± {stderr:.4f}"
+            row.append(cell)
+        rows.append(tuple(row))
+    header = ("model",) + tuple(f"{task} {metric}" for task, metric in columns)
+    return Block("table", header=header, rows=tuple(rows))
+
+
+def samples_table(data: RunData) -> Block | None:
+    """The greedy continuations the evaluate stage generated, per model and prompt."""
+    info = data.evaluation_info
+    entries = [
+        ("teacher", info.get("teacher")),
+        ("teacher (corrected)", info.get("teacher_corrected")),
+    ]
+    entries += [(f"student {name}", m) for name, m in sorted((info.get("students") or {}).items())]
+    rows = []
+    for label, entry in entries:
+        for sample in (entry or {}).get("samples") or []:
+            if isinstance(sample, dict):
+                rows.append(
+                    (label, str(sample.get("prompt", "")), str(sample.get("completion", "")))
+                )
+    if not rows:
+        return None
+    return Block("table", header=("model", "prompt", "greedy continuation"), rows=tuple(rows))
 
 
 def _flatten(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
@@ -170,8 +282,9 @@ def build_blocks(data: RunData, figures: list[FigureInfo]) -> list[Block]:
             Block(
                 "p",
                 "Losses are mean token cross-entropy (nats) in seq_length windows; perplexity is its "
-                "exponential. Tokens/s is generation throughput measured by the evaluate stage; "
-                "speed-up is relative to the original teacher.",
+                "exponential. Tokens/s is generation throughput measured by the evaluate stage: the "
+                "median of its timed rounds over the prompts (slowest–fastest round in brackets); "
+                "speed-up is relative to the original teacher (its range pairs the extreme rounds).",
             )
         )
     else:
@@ -181,6 +294,12 @@ def build_blocks(data: RunData, figures: list[FigureInfo]) -> list[Block]:
     }
     for figure in by_section["models"]:
         blocks.append(Block("figure", figure=figure))
+    harness = harness_table(data)
+    if harness:
+        blocks += [Block("h2", "Downstream tasks (lm-evaluation-harness)"), harness]
+    samples = samples_table(data)
+    if samples:
+        blocks += [Block("h2", "Samples"), samples]
 
     training = training_table(data)
     if training or by_section["curves"]:
@@ -200,7 +319,10 @@ def build_blocks(data: RunData, figures: list[FigureInfo]) -> list[Block]:
     blocks += search_blocks(data)  # one table per search variant (kind: search)
     others = other_metrics(data)
     if others:
-        blocks += [Block("h2", "Other stage metrics"), Block("list", items=tuple(others))]
+        blocks += [Block("h2", "Other stage metrics"), others]
+    settings = provenance(data)
+    if settings:
+        blocks += [Block("h2", "Settings and provenance"), settings]
     if data.notes:
         blocks += [Block("h2", "Notes"), Block("list", items=tuple(data.notes))]
     return blocks

@@ -20,13 +20,34 @@ def training_stages(spec) -> list[str]:
 def dvc_plots(spec) -> list[dict]:
     """Plot definitions in DVC's top-level format: ``[{id: {template, x, y, title, ...}}, ...]``."""
     stages = training_stages(spec)
+    students = [stage for stage in stages if stage != "finetune"]
     plots: list[dict] = []
-    if stages:
-        for split, name, title in (
-            ("val", "validation_loss", "Validation loss"),
-            ("train", "train_loss", "Training loss"),
-        ):
-            path = layout.val_curve_path if split == "val" else layout.train_curve_path
+    # teacher correction trains on CE, distillation on a KD loss (values near 0): never one axis
+    curves = [
+        (
+            "validation_loss",
+            "Validation loss (CE)",
+            "validation CE loss",
+            layout.val_curve_path,
+            stages,
+        ),
+        (
+            "train_loss_ce",
+            "Training loss: teacher correction (CE)",
+            "train CE loss",
+            layout.train_curve_path,
+            [s for s in stages if s == "finetune"],
+        ),
+        (
+            "train_loss_kd",
+            "Training loss: distillation (KD)",
+            "train KD loss",
+            layout.train_curve_path,
+            students,
+        ),
+    ]
+    for name, title, y_label, path, members in curves:
+        if members:
             plots.append(
                 {
                     name: {
@@ -34,8 +55,8 @@ def dvc_plots(spec) -> list[dict]:
                         "title": title,
                         "x": "step",
                         "x_label": "step",
-                        "y_label": "loss",
-                        "y": {path(stage): "loss" for stage in stages},
+                        "y_label": y_label,
+                        "y": {path(stage): "loss" for stage in members},
                     }
                 }
             )
@@ -44,11 +65,24 @@ def dvc_plots(spec) -> list[dict]:
             {
                 "models": {
                     "template": "scatter",
-                    "title": "Parameters vs validation loss",
+                    "title": "Parameters vs validation loss (one point per model: see models_loss)",
                     "x": "params_total",
                     "x_label": "parameters",
                     "y_label": "validation loss",
                     "y": {layout.report_models_path(): "validation_loss"},
+                }
+            }
+        )
+        # DVC's scatter cannot label its points; the same numbers, one labelled bar per model
+        plots.append(
+            {
+                "models_loss": {
+                    "template": "bar_horizontal",
+                    "title": "Validation loss per model",
+                    "x": "validation_loss",
+                    "y": {layout.report_models_path(): "model"},
+                    "x_label": "validation loss",
+                    "y_label": "model",
                 }
             }
         )

@@ -43,8 +43,9 @@ def draw_all(data: RunData, out_dir: Path) -> list[FigureInfo]:
                 figures.append(plot_stage_validation(data, stage, out_dir))
         if sum(1 for s in data.stages if data.curve(s, "val")) > 1:
             figures.append(plot_validation_overlay(data, out_dir))
-        if any(data.curve(s, "train") for s in data.stages):
-            figures.append(plot_train_loss(data, out_dir))
+        # teacher correction minimizes CE (≈ 3–5 nats), distillation a KD loss (≈ 0): apart
+        for kind, members in train_loss_groups(data).items():
+            figures.append(plot_train_loss(data, out_dir, kind, members))
         for variant in sorted(data.depth):
             figures.append(plot_depth_importance(data, variant, out_dir))
         if data.width and data.width.heads:
@@ -109,15 +110,30 @@ def plot_validation_overlay(data: RunData, out_dir: Path) -> FigureInfo:
     return _save(fig, FigureInfo("val_loss_all", title, "curves"), out_dir)
 
 
-def plot_train_loss(data: RunData, out_dir: Path) -> FigureInfo:
-    fig, ax = _figure()
+def train_loss_groups(data: RunData) -> dict[str, list[str]]:
+    """Training stages with a train curve, by the loss they minimize: ``ce`` (teacher
+    correction) and ``kd`` (distillation), each only when it has a curve."""
+    groups: dict[str, list[str]] = {"ce": [], "kd": []}
     for stage in data.stages:
+        if data.curve(stage, "train"):
+            groups["ce" if stage == "finetune" else "kd"].append(stage)
+    return {kind: stages for kind, stages in groups.items() if stages}
+
+
+TRAIN_LOSS_TITLES = {
+    "ce": ("Training loss — teacher correction (cross-entropy)", "train loss (CE, nats/token)"),
+    "kd": ("Training loss — distillation (KD loss)", "train loss (KD objective)"),
+}
+
+
+def plot_train_loss(data: RunData, out_dir: Path, kind: str, stages: list[str]) -> FigureInfo:
+    fig, ax = _figure()
+    for stage in stages:
         curve = data.curve(stage, "train")
-        if curve:
-            ax.plot(curve.steps, curve.values, linewidth=1.2, label=stage_label(stage), gid=CURVE)
-    title = "Training loss"
-    _finish(ax, title, "step", "training loss (distillation: KD loss)")
-    return _save(fig, FigureInfo("train_loss", title, "curves"), out_dir)
+        ax.plot(curve.steps, curve.values, linewidth=1.2, label=stage_label(stage), gid=CURVE)
+    title, y_label = TRAIN_LOSS_TITLES[kind]
+    _finish(ax, title, "step", y_label)
+    return _save(fig, FigureInfo(f"train_loss_{kind}", title, "curves"), out_dir)
 
 
 # ---- pruning --------------------------------------------------------------------------------

@@ -47,6 +47,7 @@ PATH_FIELDS: tuple[KeyPath, ...] = (
     ("teacher", "source"),
     ("data", "source"),
     ("data", "tokenizer"),
+    ("evaluate", "harness", "include_path"),
 )
 REMOTE_PREFIXES = ("hf://", "pkg://")
 
@@ -633,6 +634,10 @@ def locate(
     for override in reversed(overrides):
         # `--set prune.0=1` reads 0 as an index; the problem may name it as the key '0'
         if [str(p) for p in path[: len(override.path)]] == [str(p) for p in override.path]:
+            return Problem(override.where, message, path=path, hint=hint, severity=severity)
+    for override in reversed(overrides):
+        # a key the file does not have, brought in only by this override (`--set distil.steps=3`)
+        if override.path[: len(path)] == path and path not in positions:
             return Problem(override.where, message, path=path, hint=hint, severity=severity)
     probe = path
     while probe and probe not in positions:

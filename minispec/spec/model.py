@@ -412,6 +412,37 @@ PruneVariant = Annotated[DepthPrune | WidthPrune | SearchPrune, Field(discrimina
 # evaluation, export, resources, nemo
 
 
+class HarnessSpec(StrictModel):
+    """Downstream tasks of EleutherAI's lm-evaluation-harness (`lm-eval`), run in-process on every
+    evaluated model (the loaded model, nothing downloaded again)."""
+
+    tasks: list[Annotated[str, StringConstraints(min_length=1)]] = Field(
+        min_length=1,
+        description=(
+            "lm-eval task (or group) names, e.g. `[hellaswag, arc_easy, winogrande, mmlu]` (their "
+            "data comes from the Hugging Face Hub) or tasks defined by YAML files in `include_path`."
+        ),
+        examples=[["hellaswag", "arc_easy"], ["my_local_task"]],
+    )
+    include_path: str | None = Field(
+        default=None,
+        description=(
+            "A directory of lm-eval task YAMLs (relative to the spec file). A task whose "
+            "`dataset_path` is `json` with local `dataset_kwargs.data_files` runs offline; "
+            "relative `data_files` are relative to this directory. DVC tracks the directory."
+        ),
+    )
+    num_fewshot: int | None = Field(
+        default=None, ge=0, description="Few-shot examples per prompt (default: each task's own)."
+    )
+    limit: int | None = Field(
+        default=None,
+        ge=1,
+        description="Score at most this many documents per task (default: all; for quick checks).",
+    )
+    batch_size: int = Field(default=4, ge=1, description="Requests per forward pass.")
+
+
 class EvaluateSpec(StrictModel):
     """Compare the teacher, the corrected teacher and every student with the same code."""
 
@@ -434,6 +465,15 @@ class EvaluateSpec(StrictModel):
     )
     max_new_tokens: int = Field(
         default=64, ge=1, description="Tokens generated per prompt in the speed test."
+    )
+    speed_repeats: int = Field(
+        default=3,
+        ge=1,
+        description="Timed rounds over the prompts: the report gives the median speed and its spread.",
+    )
+    harness: HarnessSpec | None = Field(
+        default=None,
+        description="lm-evaluation-harness tasks to score every model on (omit to skip).",
     )
 
 

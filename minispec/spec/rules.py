@@ -773,6 +773,40 @@ def evaluate_splits(loaded: LoadedSpec) -> Iterator[Problem]:
         seen.add(split)
 
 
+@rule("evaluate")
+def harness_tasks(loaded: LoadedSpec) -> Iterator[Problem]:
+    """``include_path`` must be a directory; tasks it does not define come from lm-eval's own
+    registry, whose data is on the Hugging Face Hub (said, since evaluate runs last)."""
+    import os
+
+    harness = loaded.spec.evaluate.harness
+    if harness is None:
+        return
+    defined: set[str] = set()
+    if harness.include_path is not None:
+        if not os.path.isdir(harness.include_path):
+            yield loaded.locate(
+                ("evaluate", "harness", "include_path"),
+                f"not a directory: {harness.include_path}",
+                hint="point include_path at a directory of lm-eval task YAML files",
+            )
+            return
+        from pathlib import Path
+
+        from minispec.engines.torch.harness import local_task_names
+
+        defined = local_task_names(Path(harness.include_path))
+    remote = [task for task in harness.tasks if task not in defined]
+    if remote and harness.include_path is not None:
+        yield loaded.locate(
+            ("evaluate", "harness", "tasks"),
+            f"{', '.join(remote)} not defined in {harness.include_path}: taken from lm-eval's "
+            "own tasks, whose data comes from the Hugging Face Hub",
+            hint="check the names against the `task:` keys of the YAML files there",
+            severity="warning",
+        )
+
+
 # --------------------------------------------------------------------------------------------
 
 

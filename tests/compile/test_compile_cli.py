@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -273,22 +274,48 @@ def test_run_without_dvc_installed(tmp_path):
     assert not out.exists()
 
 
-def test_run_without_minispec_on_path(tmp_path):
-    import subprocess
+def test_run_finds_its_own_environment_without_it_on_path(tmp_path, monkeypatch):
+    """`.venv/bin/minispec run` with .venv/bin not on PATH: the stage commands come from the
+    environment that runs minispec; a tool found nowhere is still a clear error."""
+    from minispec.compile import compile_pipeline
+    from minispec.errors import PipelineError
+    from minispec.pipeline import check_tools, dvc_env
+    from minispec.spec.load import load_spec
 
-    e = env()
-    e["PATH"] = "/usr/bin:/bin"
-    out = tmp_path / "pipe"
-    result = subprocess.run(
-        [sys.executable, "-m", "minispec", "run", str(QUICKSTART), "--out", str(out)],
-        env=e,
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode == 1 and "need minispec on PATH" in result.stderr
-    assert not out.exists()
+    if not (Path(sys.executable).parent / "minispec").exists():
+        pytest.skip("minispec is not installed as a script beside this interpreter")
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    compiled = compile_pipeline(load_spec(QUICKSTART), tmp_path / "pipe")
+    check_tools(compiled, compiled.stages)  # no error: minispec is beside the interpreter
+    found = shutil.which("minispec", path=dvc_env()["PATH"])
+    assert found == str(Path(sys.executable).parent / "minispec")
+
+    compiled.stages[0].cmd = [["no-such-tool-16", "stage", "data"]]
+    with pytest.raises(PipelineError, match="need no-such-tool-16 on PATH"):
+        check_tools(compiled, compiled.stages[:1])
+    assert not (tmp_path / "pipe").exists()  # checked before anything is written
 
 
 def test_compile_cli_subprocess_help():
     result = minispec("compile", "--help", cwd=REPO)
     assert result.returncode == 0 and "--check" in result.stdout and "--force" in result.stdout
+
+
+def test_run_names_params_edits_it_is_about_to_undo(tmp_path):
+    """`dvc exp run -S` edits params.yaml; `minispec run` recompiles it from the spec and says
+    which values it replaces. A spec change alone is no edit: no warning."""
+    from minispec.compile import compile_pipeline, write_pipeline
+    from minispec.pipeline import params_edits
+    from minispec.spec.load import load_spec
+
+    out = tmp_path / "pipe"
+    write_pipeline(compile_pipeline(load_spec(QUICKSTART), out))
+    assert params_edits(compile_pipeline(load_spec(QUICKSTART), out)) == []
+    changed_spec = load_spec(QUICKSTART, overrides=["distill.steps=3"])
+    assert params_edits(compile_pipeline(changed_spec, out)) == []  # the spec changed, fine
+
+    params = out / "params.yaml"  # as `dvc exp run -S finetune.lr=0.0002` leaves it
+    params.write_text(params.read_text().replace("lr: 0.0001\n", "lr: 0.0002\n", 1))
+    (warning,) = params_edits(compile_pipeline(load_spec(QUICKSTART), out))
+    assert warning.startswith(f"warning: {params} differs from the spec in finetune.lr")
+    assert "(0.0002 there, 0.0001 in the spec)" in warning and "--set" in warning

@@ -77,7 +77,7 @@ def test_an_experiment_reruns_exactly_the_stages_reading_the_key(repo):
             assert f"Stage '{name}' didn't change, skipping" in result.stdout, name
     # the stage read the value DVC set, through minispec's own params loader
     assert load_params(root).evaluate.max_windows == 4
-    evaluation = read_json(root / layout.metrics_path("evaluate"))
+    evaluation = read_json(root / layout.info_path("evaluate"))
     assert evaluation["teacher"]["tokens_evaluated"]["validation"] == 4 * 32
     assert has_minispec_header((root / "params.yaml").read_text())  # DVC kept the header
     # the spec (8) and params.yaml (4) disagree: minispec says so
@@ -87,3 +87,21 @@ def test_an_experiment_reruns_exactly_the_stages_reading_the_key(repo):
 
     compile_into(root / SPEC_FILE, root)
     assert load_params(root).evaluate.max_windows == 8
+
+
+def test_exp_apply_of_an_earlier_experiment_leaves_nothing_to_do(repo):
+    """Two experiments that retrain the students, then `dvc exp apply` of the first: DVC restores
+    its models, curves and events (logs are cached; checkpoints are no output), and `dvc status`
+    finds nothing to run."""
+    root = repo
+    dvc(root, "exp", "run", "-S", "distill.lr=0.002", "-n", "lr-2e-3")
+    first_curve = (root / layout.train_curve_path("distill@depth")).read_bytes()
+    dvc(root, "exp", "run", "-S", "distill.lr=0.001", "-n", "lr-1e-3")
+    assert (root / layout.train_curve_path("distill@depth")).read_bytes() != first_curve
+    dvc(root, "exp", "apply", "lr-2e-3")
+    done = dvc(root, "status", "--json")
+    assert json.loads(done.stdout or "{}") == {}, done.stdout
+    assert (root / layout.train_curve_path("distill@depth")).read_bytes() == first_curve
+    # one run's TensorBoard events in the restored log directory, not two
+    events = list((root / layout.tensorboard_dir("distill@depth")).rglob("events.out.tfevents*"))
+    assert len(events) == 1, events

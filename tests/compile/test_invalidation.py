@@ -30,6 +30,7 @@ from real_pipeline import (
 )
 
 from minispec import layout
+from minispec.fsio import read_metrics_record
 
 pytestmark = pytest.mark.slow
 
@@ -171,7 +172,7 @@ def test_a_new_finetune_lr_reruns_finetune_and_everything_after_it(real_run_copy
     assert named == DOWNSTREAM_OF_FINETUNE
     assert sorted(ran) == sorted(DOWNSTREAM_OF_FINETUNE)
     assert snapshot(root, [layout.DATA_DIR, layout.TOKENS_DIR, layout.TEACHER_DIR]) == inputs
-    again = read_json(root / layout.metrics_path("finetune"))
+    again = read_metrics_record(root, "finetune")  # with the settings beside the numbers
     assert again["initial_val_loss"] == finetune["initial_val_loss"]  # the same teacher
     assert again["final_val_loss"] != finetune["final_val_loss"]  # trained otherwise
     assert again["resumed_from_step"] is None  # a new lr does not resume the old run
@@ -184,6 +185,6 @@ def test_a_new_evaluate_option_reruns_only_evaluate_and_report(real_run_copy):
     named, ran = rerun(root, "evaluate.max_windows=4")
     assert named == ["evaluate", "report"]
     assert sorted(ran) == ["evaluate", "report"]
-    evaluation = read_json(root / layout.metrics_path("evaluate"))
+    evaluation = read_json(root / layout.info_path("evaluate"))  # counts are settings
     assert evaluation["teacher"]["tokens_evaluated"] == {"validation": 4 * 32, "test": 4 * 32}
     assert snapshot(root, ["models", "export"]) == models

@@ -12,10 +12,11 @@ import sys
 import pytest
 from pipeline_harness import QUICKSTART, env, minispec
 from real_pipeline import minispec as minispec_in
-from real_pipeline import progress, read_json, run_pipeline, snapshot, stages_run, status
+from real_pipeline import progress, run_pipeline, snapshot, stages_run, status
 
 from minispec import layout
 from minispec.bundle.reproduce import compare_metrics, flatten
+from minispec.fsio import read_metrics_record
 from minispec.pipeline import ensure_gitignore, ensure_repo
 
 pytestmark = pytest.mark.slow
@@ -51,7 +52,8 @@ def test_a_failing_stage_stops_the_run_and_earlier_outputs_stay(real_run_copy):
     assert states["data"].startswith("done") and states["tokenize"].startswith("done")
     assert states["import"] == "cached (up to date)"
     assert states["finetune"].startswith("FAILED after")
-    assert "finetune             running (log: logs/finetune.log)" in result.stdout
+    # one line per stage: the stage's own output is in its log only
+    assert "needs 1 windows" not in result.stdout and "running (log:" not in result.stdout
     assert set(states) == {"data", "import", "tokenize", "finetune"}  # nothing after it ran
     log = root / layout.stage_log_path("finetune")
     assert f"error: stage 'finetune' failed (exit code 1); its output is in {log}" in result.stderr
@@ -96,7 +98,7 @@ def test_status_says_what_changed(real_run_copy):
 def test_force_one_stage_reruns_only_that_stage(real_run_copy):
     root = real_run_copy
     checkpoints = snapshot(root, [layout.checkpoint_dir("finetune")])
-    before = read_json(root / layout.metrics_path("evaluate"))
+    before = read_metrics_record(root, "evaluate")
     result = run_pipeline(root, args=("--stage", "evaluate", "--force"))
     assert stages_run(result.stdout) == ["evaluate"]
     assert all(
@@ -106,7 +108,7 @@ def test_force_one_stage_reruns_only_that_stage(real_run_copy):
         root, [layout.checkpoint_dir("finetune")]
     )  # only the forced stage's go
     # the same models measured again by the same code: the same numbers but the timings
-    after = read_json(root / layout.metrics_path("evaluate"))
+    after = read_metrics_record(root, "evaluate")
     diffs = compare_metrics({"evaluate": flatten(before)}, {"evaluate": flatten(after)})
     assert {d.status for d in diffs} <= {"same", "timing"}, [d for d in diffs if d.fails]
 
@@ -118,7 +120,7 @@ def test_force_discards_the_forced_training_stage_checkpoint(real_run_copy):
     result = run_pipeline(root, args=("--stage", "finetune", "--force"))
     assert f"removed {root / layout.checkpoint_dir('finetune')}" in result.stdout
     assert stages_run(result.stdout) == ["finetune"]
-    metrics = read_json(root / layout.metrics_path("finetune"))
+    metrics = read_metrics_record(root, "finetune")
     assert metrics["resumed_from_step"] is None  # trained from scratch, not resumed
     # on the CPU, training from scratch again gives the same model, bit for bit
     assert snapshot(root, [layout.CORRECTED_TEACHER_DIR]) == model
@@ -177,3 +179,30 @@ def test_dvc_repo_in_a_git_subdirectory(tmp_path):
         ).stdout.strip()
         == "."
     )
+
+
+def test_a_git_ignored_run_directory_is_a_dvc_project_of_its_own(tmp_path):
+    """runs/quickstart in this repository: git ignores runs/, the root holds a DVC project of
+    its own; `dvc metrics show` inside the run must see the run's metrics only."""
+    git("init", "-q", cwd=tmp_path)
+    ensure_repo(tmp_path, print)  # the enclosing project (this repository's root dvc.yaml)
+    (tmp_path / ".gitignore").write_text("runs/\n")
+    run = tmp_path / "runs" / "quickstart"
+    run.mkdir(parents=True)
+    messages = []
+    assert ensure_repo(run, messages.append) == run
+    assert "ignores it" in messages[0] and "no_scm = True" in (run / ".dvc/config").read_text()
+    (run / "metrics").mkdir()
+    (run / "metrics" / "m.json").write_text('{"loss": 1.5}')
+    (run / "dvc.yaml").write_text("metrics:\n  - metrics/m.json\n")
+    (tmp_path / "dvc.yaml").write_text("metrics:\n  - missing.json\n")  # the root's, not run
+    shown = subprocess.run(
+        [sys.executable, "-m", "dvc", "metrics", "show", "--json"],
+        cwd=run,
+        env=env(),
+        capture_output=True,
+        text=True,
+    )
+    assert shown.returncode == 0 and "missing.json" not in shown.stdout, shown.stdout
+    assert '"loss": 1.5' in shown.stdout
+    assert ensure_repo(run / "sub", messages.append) == run  # found, not re-created

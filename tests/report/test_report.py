@@ -45,7 +45,8 @@ def test_report_files_and_figures_are_valid_pngs(report):
         [f"val_loss_{s}" for s in LOG_NAMES]
         + [
             "val_loss_all",
-            "train_loss",
+            "train_loss_ce",
+            "train_loss_kd",
             "depth_importance_depth",
             "width_heads",
             "width_neurons",
@@ -78,7 +79,9 @@ def test_figures_draw_the_expected_curves(report, run_dir):
         "student depth",
         "student width",
     ]
-    assert index["train_loss"]["curves"] == ["teacher correction", "student depth", "student width"]
+    # teacher correction's CE and the students' KD loss are drawn apart
+    assert index["train_loss_ce"]["curves"] == ["teacher correction"]
+    assert index["train_loss_kd"]["curves"] == ["student depth", "student width"]
     assert index["models"]["curves"] == [
         "teacher",
         "teacher (corrected)",
@@ -114,12 +117,13 @@ def test_markdown_table_compares_every_model(report, run_dir):
         "| student width",
     ]
     teacher_row = rows[0].split(" | ")
-    assert teacher_row[-1] == "1.00× |"
+    # the median speed-up with its spread over the timed rounds (slowest–fastest)
+    assert teacher_row[-1].startswith("1.00× (") and teacher_row[-1].endswith("×) |")
     assert f"{evaluation['teacher']['validation_loss']:.4f}" in teacher_row
     assert f"{evaluation['teacher']['params_total']:,}" in teacher_row
     depth = evaluation["students"]["depth"]
     speedup = depth["tokens_per_second"] / evaluation["teacher"]["tokens_per_second"]
-    assert rows[2].split(" | ")[-1] == f"{speedup:.2f}× |"
+    assert rows[2].split(" | ")[-1].startswith(f"{speedup:.2f}× (")
     assert f"{depth['test_perplexity']:,.2f}" in rows[2]
     for figure in report.figures:
         assert f"](plots/{figure.file})" in text
@@ -132,6 +136,29 @@ def test_markdown_table_compares_every_model(report, run_dir):
         "student width",
     ]
     assert records[2]["speedup"] == pytest.approx(speedup)
+
+
+def test_report_shows_samples_and_stage_tables(report, run_dir):
+    text = report.markdown.read_text()
+    info = json.loads((run_dir / layout.info_path("evaluate")).read_text())
+    samples = text.split("## Samples", 1)[1].split("\n## ", 1)[0]
+    completion = info["students"]["width"]["samples"][0]["completion"]
+    assert f"| student width | {info['students']['width']['samples'][0]['prompt']} |" in samples
+    assert completion.strip()[:10] in samples
+    assert (
+        "## Downstream tasks" not in text
+    )  # no evaluate.harness in this run (see test_end_to_end)
+    # the students' final train loss is a KD loss, said so next to the CE columns
+    training = text.split("## Training", 1)[1].split("\n## ", 1)[0]
+    assert " (KD) |" in training and " (CE) |" in training
+    # stage numbers as a table, settings and provenance apart from them
+    others = text.split("## Other stage metrics", 1)[1].split("\n## ", 1)[0]
+    assert (
+        "| stage | metric | value |" in others
+        and "| prune-width | params_kept_fraction |" in others
+    )
+    settings = text.split("## Settings and provenance", 1)[1].split("\n## ", 1)[0]
+    assert "| finetune | device | cpu |" in settings and "device" not in others
 
 
 class Resources(HTMLParser):
@@ -208,7 +235,7 @@ def test_partial_run_reports_what_exists(tmp_path):
             live.log_metric("val/loss", 3.2 - 0.1 * step)
             live.next_step()
     report = build_report(root)
-    assert sorted(f.name for f in report.figures) == ["train_loss", "val_loss_finetune"]
+    assert sorted(f.name for f in report.figures) == ["train_loss_ce", "val_loss_finetune"]
     text = report.markdown.read_text()
     assert "No evaluation results." in text
     assert "metrics/evaluate.json is missing" in text
@@ -282,7 +309,7 @@ def test_cli_report(run_dir, tmp_path):
     root = shutil.copytree(run_dir, tmp_path / "run")
     result = CliRunner().invoke(cli, ["report", str(root)])
     assert result.exit_code == 0, result.output
-    assert "report.md" in result.output and "9 figures" in result.output
+    assert "report.md" in result.output and "10 figures" in result.output
     assert (root / layout.REPORT_HTML).is_file()
 
     empty = tmp_path / "empty"

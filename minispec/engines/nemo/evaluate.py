@@ -24,7 +24,7 @@ from pathlib import Path
 
 from minispec import layout
 from minispec.errors import StageError
-from minispec.fsio import write_json_atomic, write_text_atomic
+from minispec.fsio import write_metrics, write_text_atomic
 
 MIRROR = f"{layout.CHECKPOINTS_DIR}/evaluate/hf-mirror"  # scratch pipeline directory with HF models
 MEASURES = ("params_total", "params_non_embedding", "tokens_per_second", "latency_seconds")
@@ -65,7 +65,12 @@ def run_nemo2(
     mirror = build_mirror(spec, root, export)
     try:
         run_stage("evaluate", None, mirror, params_file)
-        for produced in (layout.metrics_path("evaluate"), layout.EVALUATE_TABLE):
+        produced_files = (
+            layout.metrics_path("evaluate"),
+            layout.info_path("evaluate"),
+            layout.EVALUATE_TABLE,
+        )
+        for produced in produced_files:
             if (mirror / produced).is_file():
                 write_text_atomic(root / produced, (mirror / produced).read_text(encoding="utf-8"))
     finally:
@@ -108,7 +113,7 @@ def run_legacy(spec, root: Path) -> dict:
     if spec.finetune is not None:
         result["teacher_corrected"] = _from_training(root, "finetune")
     result["students"] = {v: _from_training(root, f"distill@{v}") for v in spec.students}
-    write_json_atomic(root / layout.metrics_path("evaluate"), result)
+    write_metrics(root, "evaluate", result)
     write_text_atomic(root / layout.EVALUATE_TABLE, _table(result))
     return result
 

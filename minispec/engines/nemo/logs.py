@@ -30,7 +30,7 @@ from pathlib import Path
 
 from minispec import layout
 from minispec.errors import StageError
-from minispec.fsio import atomic_dir, write_json_atomic, write_text_atomic
+from minispec.fsio import atomic_dir, write_metrics, write_text_atomic
 
 TRAIN_LOSS_TAG = "reduced_train_loss"
 VAL_LOSS_TAG = "val_loss"
@@ -156,7 +156,8 @@ def convert_stage(
     metrics = summarize(
         scalars, global_batch_size=global_batch_size, seq_length=seq_length, tags=tags
     )
-    write_json_atomic(root / layout.metrics_path(stage), metrics)
+    # the same split as the torch engine's: numbers to metrics, the rest to the info file
+    write_metrics(root, stage, metrics)
     return metrics
 
 

@@ -13,8 +13,16 @@ For each model (``metrics/evaluate.json``, the format ``layout.py`` documents):
   exactly ``max_new_tokens`` new tokens (EOS does not stop it, so every model generates the same
   number), with the KV cache, after one warm-up generation. ``tokens_per_second`` = new tokens
   / generation time over all prompts; ``latency_seconds`` = mean time of one prompt's
-  generation; ``time_to_first_token_seconds`` = mean time to the first new token. ``samples``
-  holds the greedy continuations (the report shows them).
+  generation; ``time_to_first_token_seconds`` = mean time to the first new token. The prompts
+  are timed ``evaluate.speed_repeats`` times: ``tokens_per_second`` is the median rate, with
+  ``min_``/``max_``/``std_tokens_per_second`` for its spread (named so that bundle
+  comparisons treat them as timings). ``samples`` holds the greedy
+  continuations (the report shows them).
+- ``harness``: with ``evaluate.harness``, lm-evaluation-harness scores ``{task: {metric:
+  value}}`` of the loaded model (:mod:`harness`).
+
+Numbers go to ``metrics/evaluate.json`` (a DVC metric); paths, samples, settings and lm-eval's
+provenance to ``layout.info_path("evaluate")`` (``fsio.write_metrics``).
 
 Models run in the working dtype (``teacher.dtype``: fp32 on CPU, bf16 on GPU) on one device; a
 markdown table of the same numbers is written to ``layout.EVALUATE_TABLE``.
@@ -93,8 +101,11 @@ def _synchronize(device: torch.device) -> None:
 
 
 @torch.no_grad()
-def generation_speed(model, tokenizer, prompts: list[str], max_new_tokens: int) -> dict:
-    """Greedy generation of exactly ``max_new_tokens`` per prompt, timed (see the module docstring)."""
+def generation_speed(
+    model, tokenizer, prompts: list[str], max_new_tokens: int, repeats: int = 1
+) -> dict:
+    """Greedy generation of exactly ``max_new_tokens`` per prompt, timed ``repeats`` times over
+    all prompts (see the module docstring): the median rate, its min/max and standard deviation."""
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
@@ -116,17 +127,29 @@ def generation_speed(model, tokenizer, prompts: list[str], max_new_tokens: int) 
 
     generate(prompts[0], min(8, max_new_tokens))  # warm-up: kernels, allocator, caches
     first_token_times = [generate(prompt, 1)[1] for prompt in prompts]
-    samples, times, generated = [], [], 0
-    for prompt in prompts:
-        new_ids, seconds = generate(prompt, max_new_tokens)
-        samples.append(
-            {"prompt": prompt, "completion": tokenizer.decode(new_ids, skip_special_tokens=True)}
-        )
-        times.append(seconds)
-        generated += int(new_ids.numel())
+    samples, rounds, generated = [], [], 0
+    for round_index in range(repeats):  # whole rounds over the prompts: a spread of rates
+        times, round_tokens = [], 0
+        for prompt in prompts:
+            new_ids, seconds = generate(prompt, max_new_tokens)
+            if round_index == 0:
+                samples.append(
+                    {
+                        "prompt": prompt,
+                        "completion": tokenizer.decode(new_ids, skip_special_tokens=True),
+                    }
+                )
+            times.append(seconds)
+            round_tokens += int(new_ids.numel())
+        rounds.append((round_tokens / sum(times), sum(times) / len(times)))
+        generated = round_tokens
+    rates = sorted(rate for rate, _ in rounds)
     return {
-        "tokens_per_second": generated / sum(times),
-        "latency_seconds": sum(times) / len(times),
+        "tokens_per_second": float(np.median(rates)),
+        "min_tokens_per_second": rates[0],
+        "max_tokens_per_second": rates[-1],
+        "std_tokens_per_second": float(np.std(rates, ddof=1)) if len(rates) > 1 else 0.0,
+        "latency_seconds": float(np.median([latency for _, latency in rounds])),
         "time_to_first_token_seconds": sum(first_token_times) / len(first_token_times),
         "generated_tokens": generated,
         "samples": samples,
@@ -171,9 +194,19 @@ def evaluate_model(
     metrics["tokens_evaluated"] = evaluated
     metrics.update(
         generation_speed(
-            model, tokenizer, list(spec.evaluate.prompts), spec.evaluate.max_new_tokens
+            model,
+            tokenizer,
+            list(spec.evaluate.prompts),
+            spec.evaluate.max_new_tokens,
+            spec.evaluate.speed_repeats,
         )
     )
+    if spec.evaluate.harness is not None:
+        from minispec.engines.torch import harness
+
+        results = harness.run_tasks(model, tokenizer, spec.evaluate.harness, root, spec.seed)
+        metrics["harness"] = harness.scores(results)
+        metrics["harness_provenance"] = harness.provenance(results)
     del model
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -184,7 +217,7 @@ def run(spec: Spec, variant: str | None, root: Path) -> None:
     import os
 
     from minispec.engines.torch.modeling import resolve_device, resolve_dtype
-    from minispec.fsio import write_json_atomic, write_text_atomic
+    from minispec.fsio import write_json_atomic, write_metrics, write_text_atomic
 
     if int(os.environ.get("RANK", "0")) != 0:
         return  # evaluation runs on one device; other torchrun ranks have nothing to do
@@ -211,6 +244,7 @@ def run(spec: Spec, variant: str | None, root: Path) -> None:
             results.setdefault("students", {})[name] = metrics
     results.setdefault("students", {})
     results["settings"] = {
+        "speed_repeats": spec.evaluate.speed_repeats,
         "device": device.type,
         "dtype": str(dtype).removeprefix("torch."),
         "seq_length": seq_length,
@@ -220,8 +254,27 @@ def run(spec: Spec, variant: str | None, root: Path) -> None:
         "prompts": len(spec.evaluate.prompts),
         "max_new_tokens": spec.evaluate.max_new_tokens,
     }
-    write_json_atomic(root / layout.metrics_path("evaluate"), results)
+    # numbers to metrics/evaluate.json; paths, samples, settings and lm-eval's provenance
+    # (task versions, shots, sample counts) to the info file beside it
+    write_metrics(root, "evaluate", results, settings=INFO_KEYS)
+    if spec.evaluate.harness is not None:
+        write_json_atomic(root / layout.HARNESS_SCORES, harness_scores(results))
     write_text_atomic(root / layout.EVALUATE_TABLE, markdown_table(results))
+
+
+def harness_scores(results: dict) -> dict:
+    """The lm-eval scores of every model alone (``layout.HARNESS_SCORES``)."""
+    out: dict = {"students": {}}
+    for group in ("teacher", "teacher_corrected"):
+        if group in results:
+            out[group] = results[group].get("harness", {})
+    for name, metrics in results.get("students", {}).items():
+        out["students"][name] = metrics.get("harness", {})
+    return out
+
+
+# numbers that describe how the evaluation ran rather than a result (they go to the info file)
+INFO_KEYS = frozenset({"settings", "harness_provenance", "generated_tokens", "tokens_evaluated"})
 
 
 def markdown_table(results: dict) -> str:
@@ -266,7 +319,41 @@ def markdown_table(results: dict) -> str:
         f"{settings.get('prompts')} prompts, batch 1, KV cache, {settings.get('device')} {settings.get('dtype')}; "
         "latency = mean seconds per prompt.\n"
     )
-    return "# Evaluation\n\n" + "\n".join(lines) + "\n" + note
+    return "# Evaluation\n\n" + "\n".join(lines) + "\n" + note + harness_table(rows)
+
+
+def harness_table(rows: list[tuple[str, dict]]) -> str:
+    """lm-eval scores, one column per task metric (``± stderr`` where lm-eval gives one)."""
+    columns: list[tuple[str, str]] = []
+    for _, m in rows:
+        for task, values in (m.get("harness") or {}).items():
+            for metric in values:
+                if not metric.endswith("_stderr") and (task, metric) not in columns:
+                    columns.append((task, metric))
+    if not columns:
+        return ""
+    header = ["model"] + [f"{task} {metric}" for task, metric in columns]
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join(["---"] + ["---:"] * len(columns)) + "|",
+    ]
+    for label, m in rows:
+        cells = [label]
+        for task, metric in columns:
+            values = (m.get("harness") or {}).get(task, {})
+            value = values.get(metric)
+            stderr = values.get(f"{metric}_stderr")
+            cell = "—" if value is None else f"{value:.4f}"
+            if value is not None and stderr:
+                cell += f" ± {stderr:.4f}"
+            cells.append(cell)
+        lines.append("| " + " | ".join(cells) + " |")
+    return (
+        "\n## Downstream tasks (lm-evaluation-harness)\n\n"
+        + "\n".join(lines)
+        + "\n\nScores as lm-eval reports them (± its standard error); task versions, shots and "
+        "sample counts are in metrics/info/evaluate.json.\n"
+    )
 
 
 def _millions(count: int) -> str:

@@ -56,6 +56,7 @@ def run(spec, variant: str, root: Path) -> None:
         else None
     )
     provenance = build_provenance(spec, variant, model, training)
+    provenance.update(card_facts(spec, variant, root))
     out = root / layout.export_dir(variant)
     card = model_card(provenance, layout.export_dir(variant))
     save_model(
@@ -85,10 +86,32 @@ def spec_hash(spec) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
+def card_facts(spec, variant: str, root: Path) -> dict:
+    """Front matter facts (license, base model, datasets) and the variant's lm-eval scores."""
+    from minispec.engines.torch.card_meta import dataset_ids, teacher_facts
+
+    scores = {}
+    path = root / layout.HARNESS_SCORES
+    if spec.evaluate.harness is not None and path.is_file():
+        try:
+            scores = json.loads(path.read_text(encoding="utf-8"))["students"].get(variant) or {}
+        except (OSError, ValueError, KeyError, AttributeError):
+            scores = {}
+    return {
+        **teacher_facts(spec.teacher.source, root),
+        "datasets": dataset_ids(spec.data.source),
+        "harness": scores,
+    }
+
+
 def read_training_metrics(path: Path) -> dict | None:
-    """The numbers a training stage left in its metrics JSON, or None when there are none."""
+    """The numbers a training stage left in its metrics JSON (and the info file beside it:
+    ``steps`` is a setting), or None when there are none."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
+        info_file = path.parent / "info" / path.name
+        if isinstance(data, dict) and info_file.is_file():
+            data = {**data, **json.loads(info_file.read_text(encoding="utf-8"))}
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as exc:
@@ -146,8 +169,20 @@ def model_card(p: dict, path: str) -> str:
     ]
     if p["distill"]:
         front.append("- distilled")
-    if teacher.kind == "hub":
-        front.append(f"base_model: {teacher.repo}")
+    base_model = p.get("base_model") or (teacher.repo if teacher.kind == "hub" else None)
+    if base_model:
+        front.append(f"base_model: {base_model}")
+    else:
+        front.append(f"# base_model: not recorded by the teacher ({p['teacher']})")
+    license_ = p.get("license")
+    front.append(f"license: {license_ or 'unknown'}")
+    if not license_:
+        front.append("# the teacher's license is not known to minispec: check its terms")
+    if p.get("datasets"):
+        front.append("datasets:")
+        front += [f"- {name}" for name in p["datasets"]]
+    if p.get("harness"):
+        front += _model_index(p)
     front.append("---")
 
     arch = p["architecture"]
@@ -206,10 +241,11 @@ print(tokenizer.decode(output[0], skip_special_tokens=True))
 ```
 
 No custom code is needed (`trust_remote_code` stays off).
-
+{_harness_section(p.get("harness") or {})}
 ## License
 
-Derived from the teacher's weights: the teacher's license and terms apply.
+Derived from the teacher's weights: the teacher's license and terms apply
+({f"`{p['license']}`, as the teacher states" if p.get("license") else "not stated by the teacher; check its terms"}).
 """
     return "\n".join(front) + "\n" + body
 
@@ -236,3 +272,44 @@ def _loss_text(distill: dict | None) -> str:
     if "initial_val_loss" in distill:
         text += f", from {distill['initial_val_loss']:.4f} before distillation"
     return text
+
+
+def _harness_section(harness: dict) -> str:
+    """lm-evaluation-harness scores of this model (the evaluate stage's)."""
+    if not harness:
+        return ""
+    lines = [
+        "",
+        "## Evaluation (lm-evaluation-harness)",
+        "",
+        "| task | metric | value |",
+        "| --- | --- | ---: |",
+    ]
+    for task, values in sorted(harness.items()):
+        for metric, value in values.items():
+            if metric.endswith("_stderr"):
+                continue
+            stderr = values.get(f"{metric}_stderr")
+            shown = f"{value:.4f}" + (f" ± {stderr:.4f}" if stderr else "")
+            lines.append(f"| {task} | {metric} | {shown} |")
+    return "\n".join(lines) + "\n"
+
+
+def _model_index(p: dict) -> list[str]:
+    """The Hub's ``model-index`` results block for the lm-eval scores."""
+    lines = ["model-index:", f"- name: {json.dumps(p['name'])}", "  results:"]
+    for task, values in sorted(p["harness"].items()):
+        metrics = [(m, v) for m, v in values.items() if not m.endswith("_stderr")]
+        if not metrics:
+            continue
+        lines += [
+            "  - task:",
+            "      type: text-generation",
+            "    dataset:",
+            f"      name: {json.dumps(task)}",
+            f"      type: {json.dumps(task)}",
+            "    metrics:",
+        ]
+        for metric, value in metrics:
+            lines += [f"    - type: {json.dumps(metric)}", f"      value: {value!r}"]
+    return lines

@@ -44,7 +44,7 @@ from minispec.engines.torch.width import (
     resolve_targets,
 )
 from minispec.errors import StageError
-from minispec.fsio import write_json_atomic
+from minispec.fsio import write_json_atomic, write_metrics
 from minispec.spec.model import DepthPrune, SearchPrune, WidthPrune
 
 if TYPE_CHECKING:
@@ -222,6 +222,23 @@ def run_width(spec, variant: str, settings: WidthPrune, config, root: Path) -> N
 # save and report
 
 
+# what the spec (or the teacher) already says, and how the pass ran: the info file, not metrics
+PRUNE_SETTINGS = frozenset(
+    {
+        "num_layers",
+        "hidden_size",
+        "ffn_hidden_size",
+        "num_attention_heads",
+        "num_query_groups",
+        "head_dim",
+        "calibration_samples",
+        "calibration_tokens",
+        "val_windows",
+        "val_tokens",
+    }
+)
+
+
 def sizes(model: PreTrainedModel) -> dict:
     dims: ModelDims = model_dims(model.config)
     params = modeling.count_parameters(model)
@@ -269,4 +286,5 @@ def finish(
         print(
             f"prune@{variant}: validation loss {metrics['val_loss']:.4f} (teacher {metrics['teacher_val_loss']:.4f}) on {len(indices)} windows"
         )
-    write_json_atomic(root / layout.metrics_path(f"prune@{variant}"), metrics)
+    # numbers to the metrics file; settings, shapes that repeat the spec and provenance beside it
+    write_metrics(root, f"prune@{variant}", metrics, settings=PRUNE_SETTINGS)

@@ -9,7 +9,7 @@ Records are plain dicts, kept by the trainer as the run's history (and in every 
 :class:`StageTracker` writes them to ``layout.log_dir(stage)`` through DVCLive (so
 ``plots/metrics/train/loss.tsv`` and ``plots/metrics/val/loss.tsv`` have ``timestamp step loss``
 columns, as ``layout.py`` documents) and as TensorBoard events under ``tb/`` (tags
-``train/loss``, ``val/loss``, ...). On resume the logs are rebuilt from the checkpoint's history,
+``train/objective`` (the minimized loss), ``train/ce_loss``, ``train/kd_loss``, ``val/loss``, ...). On resume the logs are rebuilt from the checkpoint's history,
 so they hold exactly the steps of the resumed run, with no duplicates from the killed one.
 
 DVCLive runs inside a DVC stage: it must neither create experiments (``save_dvc_exp=False``;
@@ -28,6 +28,10 @@ import warnings
 from pathlib import Path
 
 TRAIN_KEYS = ("loss", "kd_loss", "ce_loss", "intermediate_loss", "lr", "tokens_per_second")
+# TensorBoard tags mean one thing in every stage: DVCLive's `train/loss` (layout's curve file) is
+# the loss being minimized, CE in finetune and KD in distill, so TensorBoard calls it
+# `train/objective`; `train/ce_loss` is always cross-entropy, `train/kd_loss` always the KD term.
+TENSORBOARD_TAGS = {"train/loss": "train/objective"}
 
 
 def _open_live(log_dir: Path):
@@ -153,7 +157,8 @@ class StageTracker(Recorder):
             self.live.step = step
             self.live.log_metric(name, value, timestamp=True)
         if self.writer is not None:
-            self.writer.add_scalar(name, value, step, walltime=walltime)
+            tag = TENSORBOARD_TAGS.get(name, name)
+            self.writer.add_scalar(tag, value, step, walltime=walltime)
 
     def advance(self, steps: int = 1) -> None:
         self.bar.update(steps)

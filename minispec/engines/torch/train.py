@@ -1232,13 +1232,13 @@ def _run_training(
     final = trainer.trained_model(dtype=save_dtype)
     if ctx.is_main:
         from minispec.engines.torch.modeling import save_model
-        from minispec.fsio import write_json_atomic
+        from minispec.fsio import write_metrics
 
         try:
             save_model(final, tokenizer, output_dir)
         except OSError as exc:
             raise _write_error(f"model directory {output_dir}", output_dir.parent, exc) from None
-        write_json_atomic(root / layout.metrics_path(stage), training_metrics(cfg, run, ctx))
+        write_metrics(root, stage, training_metrics(cfg, run, ctx), settings=TRAINING_SETTINGS)
     ctx.barrier()
 
 
@@ -1258,6 +1258,22 @@ def return_freed_host_memory(threshold: int = 1 << 20) -> None:
         libc.mallopt(-3, threshold)  # M_MMAP_THRESHOLD
     except (OSError, AttributeError):  # not glibc: nothing to tune
         pass
+
+
+# entries of the record that repeat params or say how the run went, not what it measured: they
+# go to the info file beside the metrics (``fsio.write_metrics``)
+TRAINING_SETTINGS = frozenset(
+    {
+        "global_batch_size",
+        "micro_batch_size",
+        "seq_length",
+        "world_size",
+        "resumed_from_step",
+        "val_windows",
+        "val_tokens",
+        "loss",
+    }
+)
 
 
 def training_metrics(cfg: TrainConfig, run: RunState, ctx: DistContext) -> dict:

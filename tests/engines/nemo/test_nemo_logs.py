@@ -15,6 +15,7 @@ from minispec import layout
 from minispec.cli import cli
 from minispec.engines.nemo import evaluate, kd, logs
 from minispec.errors import CompileError, StageError
+from minispec.fsio import read_metrics_record
 
 
 def write_events(directory: Path, points: dict[str, list[tuple[int, float]]], start: float) -> None:
@@ -89,7 +90,7 @@ def test_logs_command_writes_curves_and_metrics(finetune_run, monkeypatch):
         )
         == 2
     )
-    metrics = json.loads((root / layout.metrics_path("finetune")).read_text())
+    metrics = read_metrics_record(root, "finetune")  # numbers and the info file together
     assert metrics["steps"] == 30 and metrics["tokens"] == 30 * 128 * 8192
     assert metrics["final_val_loss"] == pytest.approx(1.9) and metrics["first_val_step"] == 9
     assert metrics["final_val_perplexity"] == pytest.approx(math.exp(1.9), rel=1e-6)
@@ -183,7 +184,7 @@ def test_legacy_evaluation_reports_nemo_validation_losses(tmp_path, load_tutoria
         json.dumps({"final_val_loss": 2.5})
     )
     result = evaluate.run_legacy(spec, tmp_path)
-    written = json.loads((tmp_path / layout.metrics_path("evaluate")).read_text())
+    written = read_metrics_record(tmp_path, "evaluate")  # numbers and the Nones beside them
     assert written == result
     assert written["teacher_corrected"]["validation_loss"] == 1.5
     assert written["students"]["depth"]["validation_perplexity"] == pytest.approx(math.exp(2.5))

@@ -11,6 +11,7 @@ import torch
 import train_support as ts
 
 from minispec import layout
+from minispec.fsio import read_metrics_record
 
 pytestmark = pytest.mark.slow
 
@@ -76,7 +77,7 @@ def test_two_processes_match_one_with_the_same_global_batch(base, strategy, tmp_
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
 
     name = "distill@small"
-    metrics = json.loads((multi / layout.metrics_path(name)).read_text())
+    metrics = read_metrics_record(multi, name)
     assert metrics["world_size"] == 2
     for path in (layout.train_curve_path(name), layout.val_curve_path(name)):
         one, two = ts.curve(single / path), ts.curve(multi / path)
@@ -104,6 +105,6 @@ def test_two_processes_match_one_with_the_same_global_batch(base, strategy, tmp_
     # a rerun loads the full-state checkpoint into the sharded/replicated model and ends the same
     again = ts.run_group(command, multi, timeout=600)
     assert again.returncode == 0, again.stderr[-4000:]
-    assert json.loads((multi / layout.metrics_path(name)).read_text())["resumed_from_step"] == 6
+    assert read_metrics_record(multi, name)["resumed_from_step"] == 6
     reloaded = load_file(str(multi / layout.student_dir("small") / "model.safetensors"))
     assert all(torch.equal(reloaded[key], two[key]) for key in two)

@@ -14,6 +14,7 @@ from minispec import layout
 from minispec.engines.torch.evaluate import evaluation_windows, markdown_table, models_to_evaluate
 from minispec.engines.torch.stages import run_stage
 from minispec.engines.torch.windows import TokenWindows
+from minispec.fsio import read_metrics_record
 from minispec.spec.model import Spec
 
 
@@ -75,7 +76,9 @@ def test_evaluate_stage_matches_direct_computation(tmp_path, wikitext_dir):
     )  # stands for a distilled student
 
     run_stage("evaluate", None, root)
-    results = json.loads((root / layout.metrics_path("evaluate")).read_text())
+    numbers = json.loads((root / layout.metrics_path("evaluate")).read_text())
+    assert "settings" not in numbers and "samples" not in numbers["teacher"]  # numbers only
+    results = read_metrics_record(root, "evaluate")  # with the settings and samples beside them
     assert set(results) == {"teacher", "students", "settings"} and set(results["students"]) == {
         "small"
     }

@@ -12,6 +12,7 @@ from prune_support import base_spec, expected_params, make_pipeline, unique_para
 from minispec import layout
 from minispec.cli import cli
 from minispec.engines.torch.stages import run_stage
+from minispec.fsio import read_metrics_record
 
 VARIANTS = {
     "width": {
@@ -56,7 +57,7 @@ def pipeline(tmp_path_factory):
 
 
 def metrics(root, name):
-    return json.loads((root / layout.metrics_path(f"prune@{name}")).read_text())
+    return read_metrics_record(root, f"prune@{name}")
 
 
 def test_importance_stage_writes_scores_and_summary(pipeline):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import json
 import math
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from minispec.engines.torch.train import (
 )
 from minispec.engines.torch.windows import TokenWindows
 from minispec.errors import StageError
+from minispec.fsio import read_metrics_record
 
 
 @pytest.fixture(autouse=True)
@@ -282,7 +282,7 @@ def test_finetune_stage_writes_model_metrics_and_logs(pipeline):
     assert count_parameters(corrected) == count_parameters(load_model(root / layout.TEACHER_DIR))
     assert (root / layout.CORRECTED_TEACHER_DIR / "tokenizer.json").exists()
 
-    metrics = json.loads((root / layout.metrics_path("finetune")).read_text())
+    metrics = read_metrics_record(root, "finetune")
     assert metrics["steps"] == 8 and metrics["tokens"] == 8 * 8 * ts.SEQ
     assert metrics["final_val_loss"] < metrics["initial_val_loss"]
     assert metrics["tokens_per_second"] > 0 and metrics["final_train_loss"] > 0
@@ -298,8 +298,9 @@ def test_finetune_stage_writes_model_metrics_and_logs(pipeline):
     assert (root / layout.log_dir("finetune") / "plots/metrics/train/lr.tsv").exists()
 
     tags = ts.tensorboard_tags(root / layout.tensorboard_dir("finetune"))
+    assert "train/loss" not in tags  # `loss` is CE here and KD in distill: named by meaning
     assert {
-        "train/loss",
+        "train/objective",
         "train/lr",
         "train/ce_loss",
         "train/tokens_per_second",
@@ -317,7 +318,7 @@ def test_finetune_stage_writes_model_metrics_and_logs(pipeline):
 def test_distill_lowers_the_student_validation_loss(pipeline):
     root = pipeline(ts.base_spec(finetune=None, distill={"steps": 12, "val_interval": 6}))
     run_stage("distill", "small", root)
-    metrics = json.loads((root / layout.metrics_path("distill@small")).read_text())
+    metrics = read_metrics_record(root, "distill@small")
     assert metrics["final_val_loss"] < metrics["initial_val_loss"] - 0.05
     assert metrics["final_kd_loss"] > 0 and metrics["loss"] == {
         "kind": "logits_kl",
@@ -406,9 +407,9 @@ def test_rerun_resumes_only_with_the_same_settings(pipeline):
     spec = ts.base_spec(finetune={"steps": 4, "val_interval": 2})
     root = pipeline(spec)
     run_stage("finetune", None, root)
-    first = json.loads((root / layout.metrics_path("finetune")).read_text())
+    first = read_metrics_record(root, "finetune")
     run_stage("finetune", None, root)  # same settings: the final checkpoint is the whole run
-    again = json.loads((root / layout.metrics_path("finetune")).read_text())
+    again = read_metrics_record(root, "finetune")
     assert again["resumed_from_step"] == 4 and again["final_val_loss"] == first["final_val_loss"]
     assert (
         len(ts.read_tsv(root / layout.train_curve_path("finetune"))) == 4
@@ -417,7 +418,7 @@ def test_rerun_resumes_only_with_the_same_settings(pipeline):
     spec["finetune"]["lr"] = 1e-3
     ts.write_params(root, spec)
     run_stage("finetune", None, root)
-    changed = json.loads((root / layout.metrics_path("finetune")).read_text())
+    changed = read_metrics_record(root, "finetune")
     assert (
         changed["resumed_from_step"] is None
         and changed["final_val_loss"] != first["final_val_loss"]

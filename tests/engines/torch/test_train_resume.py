@@ -18,6 +18,7 @@ import train_support as ts
 
 from minispec import layout
 from minispec.engines.torch import checkpointing
+from minispec.fsio import read_metrics_record
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +127,7 @@ def test_kill_9_then_rerun_gives_the_uninterrupted_curve_bitwise(tmp_path, resum
     )
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
-    metrics = json.loads((killed / layout.metrics_path(name)).read_text())
+    metrics = read_metrics_record(killed, name)
     assert metrics["resumed_from_step"] == saved.step and metrics["steps"] == 60
     print(
         f"killed at checkpoint step {saved.step} with {logged_before} steps logged; resumed to 60, curves identical"
