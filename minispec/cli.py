@@ -286,7 +286,7 @@ def run_command(
 @click.option(
     "--activation-checkpointing",
     is_flag=True,
-    help="Estimate with activation checkpointing (each layer's input kept, the rest recomputed).",
+    help="Estimate with activation checkpointing (each layer's input kept, the rest recomputed), as `resources.activation_checkpointing: true` does.",
 )
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
 @handle_errors
@@ -314,7 +314,8 @@ def plan_command(
     if measure:
         matmul_tflops = measure_matmul_tflops(gpu=device_name != "cpu")
     device = device_from(device_name, matmul_tflops, memory_gib)
-    plans = plan_spec(loaded.spec, shapes, device, checkpointing=activation_checkpointing)
+    checkpointing = activation_checkpointing or loaded.spec.resources.activation_checkpointing
+    plans = plan_spec(loaded.spec, shapes, device, checkpointing=checkpointing)
     for line in render(plans, device, assumptions(loaded.spec, device)):
         click.echo(line)
 

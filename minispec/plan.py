@@ -361,8 +361,8 @@ def advice(plan: StagePlan, step: str, spec, device: Device, devices: int) -> li
                 f"{fmt_bytes(batch_part)}, scale with it; {hint})"
             )
         tips.append(
-            "activation checkpointing (not a torch-engine setting yet; "
-            "`minispec plan --activation-checkpointing` shows what it would save)"
+            "resources.activation_checkpointing: true (recomputes each layer's activations; "
+            "`minispec plan --activation-checkpointing` shows what it saves)"
         )
         sharded = memory.get("weights", 0) + memory.get("grads+optimizer", 0)
         if device.gpu and sharded > 0.25 * device.memory:

@@ -71,7 +71,7 @@ def test_plan_warns_and_says_what_to_change_when_a_stage_does_not_fit(data_dir):
         line for line in result.output.splitlines() if line.startswith("warning: finetune:")
     )
     assert "finetune.micro_batch_size (now 8" in warning and "micro_batch_size: 2 fits" in warning
-    assert "activation checkpointing" in warning and "data.seq_length" in warning
+    assert "resources.activation_checkpointing: true" in warning and "data.seq_length" in warning
     # checkpointing shrinks the activations the warning blames
     plain = plan("--set", f"data.source={data_dir}", "--set", "finetune.micro_batch_size=8")
     ckpt = plan(
