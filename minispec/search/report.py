@@ -1,8 +1,8 @@
 """The report's "Architecture search" section: every candidate of each search variant, with its
 parameters, its loss right after pruning and, for the kept ones, after the short distillation.
 
-Reads ``metrics/prune-<v>.json`` (written by the ranking stage, ``minispec.search.stages``), so it
-needs nothing the report stage does not already depend on.
+Reads ``metrics/prune-<v>.json`` and its info file (written by the ranking stage,
+``minispec.search.stages``), so it needs nothing the report stage does not already depend on.
 """
 
 from __future__ import annotations
@@ -27,8 +27,13 @@ HEADER = (
 def search_blocks(data) -> list:
     from minispec.report.document import Block
 
+    from minispec.fsio import merge_records
+
     blocks = []
-    for stage, metrics in sorted(data.stage_metrics.items()):
+    stage_info = getattr(data, "stage_info", {})
+    for stage in sorted(set(data.stage_metrics) | set(stage_info)):
+        # the ranking stage's record: its numbers and, beside them, the candidate list
+        metrics = merge_records(data.stage_metrics.get(stage, {}), stage_info.get(stage, {}))
         if not stage.startswith("prune-") or metrics.get("kind") != "search":
             continue
         search = metrics.get("search") or {}

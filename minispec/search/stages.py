@@ -24,7 +24,7 @@ from pathlib import Path
 
 from minispec import layout
 from minispec.errors import StageError
-from minispec.fsio import write_json_atomic
+from minispec.fsio import read_metrics_record, write_json_atomic, write_metrics
 from minispec.search.space import Arch, budget, dims_from_config, enumerate_candidates
 
 CANDIDATE_FILE = "candidate.json"  # inside each slot's pruned model directory
@@ -206,8 +206,9 @@ def run_search(spec, variant: str | None, root: Path) -> None:
         "slots": [r["id"] for r in ranked[: settings.top_k]],
     }
     write_json_atomic(root / layout.search_candidates_path(variant), data)
-    write_json_atomic(
-        root / layout.metrics_path(f"search@{variant}"),
+    write_metrics(
+        root,
+        f"search@{variant}",
         {
             "candidates": len(records),
             "kept": data["slots"],
@@ -247,8 +248,9 @@ def run_search_prune(spec, key: str | None, root: Path) -> None:
     windows, indices = validation_windows(root, spec.data.seq_length)
     loss = windows_loss(pruned, windows, indices, device)
     print(f"search-prune@{key}: {record['id']} loss after pruning {loss:.4f}")
-    write_json_atomic(
-        root / layout.metrics_path(f"search-prune@{key}"),
+    write_metrics(
+        root,
+        f"search-prune@{key}",
         {
             "candidate": record["id"],
             "slot": slot,
@@ -313,10 +315,13 @@ def run_search_distill(spec, key: str | None, root: Path) -> None:
     )
     windows, indices = validation_windows(root, spec.data.seq_length)
     loss = windows_loss(model, windows, indices, device)
-    metrics_file = root / layout.metrics_path(stage)
-    metrics = read_json(metrics_file, "the short distillation's metrics")
+    from minispec.engines.torch.train import TRAINING_SETTINGS
+
+    if not (root / layout.metrics_path(stage)).is_file():
+        raise StageError(f"{stage}: the short distillation wrote no metrics ({layout.metrics_path(stage)})")
+    metrics = read_metrics_record(root, stage)  # numbers and settings, as the trainer wrote them
     metrics.update({"candidate": record["id"], "slot": slot, "search_val_loss": loss})
-    write_json_atomic(metrics_file, metrics)
+    write_metrics(root, stage, metrics, settings=TRAINING_SETTINGS)
     print(f"{stage}: {record['id']} loss after short distillation {loss:.4f}")
 
 
@@ -334,9 +339,12 @@ def run_rank(spec, variant: str, root: Path) -> None:
     distilled = []
     for slot in range(1, len(data["slots"]) + 1):
         key = layout.search_slot(variant, slot)
-        metrics = read_json(
-            root / layout.metrics_path(f"search-distill@{key}"), f"search-distill@{key}"
-        )
+        metrics = read_metrics_record(root, f"search-distill@{key}")
+        if "candidate" not in metrics:
+            raise StageError(
+                f"prune@{variant}: search-distill@{key} recorded no candidate",
+                hint=f"re-run search-distill@{key}",
+            )
         record = by_id[metrics["candidate"]]
         record["val_loss_short_distill"] = metrics["search_val_loss"]
         record["short_distill_tokens"] = metrics.get("tokens")
@@ -400,7 +408,7 @@ def run_rank(spec, variant: str, root: Path) -> None:
         for done in distilled:
             if done["id"] == record["id"]:
                 record.update(done)
-    write_json_atomic(root / layout.metrics_path(f"prune@{variant}"), metrics)
+    write_metrics(root, f"prune@{variant}", metrics)
     print(
         f"prune@{variant}: {winner['id']} ({arch_of(winner).label()}) wins with loss "
         f"{winner['val_loss_short_distill']:.4f} after the short distillation"

@@ -291,7 +291,9 @@ def test_drop_layers_run_by_the_emitted_command_keep_the_right_layers(bridge_pip
     for kept, original in zip(student.model.layers, (0, 3), strict=True):
         source = teacher.model.layers[original]
         assert (kept.mlp.down_proj.weight == source.mlp.down_proj.weight).all()
-    metrics = json.loads((root / layout.metrics_path("prune@drop")).read_text())
+    from minispec.fsio import read_metrics_record
+
+    metrics = read_metrics_record(root, "prune@drop")  # layer lists live in the info file
     assert metrics["drop_layers"] == [2, 3] and metrics["kept_layers"] == [1, 4]
 
 
