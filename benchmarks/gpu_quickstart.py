@@ -110,8 +110,10 @@ def machine() -> dict:
 
 
 def print_table(report: dict) -> None:
-    print(f"\nminispec run of the quickstart on {report['machine'].get('gpu', 'CPU')}: "
-          f"{report['wall_seconds']:.1f} s wall, exit code {report['returncode']}")
+    print(
+        f"\nminispec run of the quickstart on {report['machine'].get('gpu', 'CPU')}: "
+        f"{report['wall_seconds']:.1f} s wall, exit code {report['returncode']}"
+    )
     print(f"{'stage':16s} {'wall s':>8s} {'start-up s':>10s} {'tokens/s':>10s} {'val loss':>17s}")
     for name, row in report["stages"].items():
         startup = f"{row['startup_seconds']:10.1f}" if "startup_seconds" in row else f"{'':>10s}"

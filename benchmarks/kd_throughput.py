@@ -252,7 +252,9 @@ def run_baseline(shape, args, device, precision, data) -> dict:
     ).eval()
     teacher.requires_grad_(False)
     if args.baseline_checkpointing:
-        student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        student.gradient_checkpointing_enable(
+            gradient_checkpointing_kwargs={"use_reentrant": False}
+        )
     if args.compile:
         student.compile()
         teacher.compile()

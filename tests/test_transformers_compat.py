@@ -93,7 +93,9 @@ def test_export_config_names_rope_and_dtype_for_both_major_versions(real_run):
     config = json.loads((real_run.root / layout.export_dir("depth") / "config.json").read_text())
     if "rope_parameters" in config:
         assert config["rope_theta"] == config["rope_parameters"]["rope_theta"]
-    assert config.get("torch_dtype", config.get("dtype")) == config.get("dtype", config.get("torch_dtype"))
+    assert config.get("torch_dtype", config.get("dtype")) == config.get(
+        "dtype", config.get("torch_dtype")
+    )
     tokenizer_config = json.loads(
         (real_run.root / layout.export_dir("depth") / "tokenizer_config.json").read_text()
     )

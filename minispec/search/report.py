@@ -25,9 +25,8 @@ HEADER = (
 
 
 def search_blocks(data) -> list:
-    from minispec.report.document import Block
-
     from minispec.fsio import merge_records
+    from minispec.report.document import Block
 
     blocks = []
     stage_info = getattr(data, "stage_info", {})

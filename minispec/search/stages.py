@@ -318,7 +318,9 @@ def run_search_distill(spec, key: str | None, root: Path) -> None:
     from minispec.engines.torch.train import TRAINING_SETTINGS
 
     if not (root / layout.metrics_path(stage)).is_file():
-        raise StageError(f"{stage}: the short distillation wrote no metrics ({layout.metrics_path(stage)})")
+        raise StageError(
+            f"{stage}: the short distillation wrote no metrics ({layout.metrics_path(stage)})"
+        )
     metrics = read_metrics_record(root, stage)  # numbers and settings, as the trainer wrote them
     metrics.update({"candidate": record["id"], "slot": slot, "search_val_loss": loss})
     write_metrics(root, stage, metrics, settings=TRAINING_SETTINGS)

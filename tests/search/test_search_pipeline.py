@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from real_pipeline import dvc, minispec, stages_run, write_project
 
+from minispec.fsio import read_metrics_record
+
 SEARCH = """\
 prune:
   best:
@@ -70,7 +72,7 @@ def test_top_k_candidates_are_short_distilled_and_the_best_wins(search_run):
     assert len(candidates["candidates"]) == 6
     by_loss = sorted(candidates["candidates"], key=lambda c: c["val_loss_pruned"])
     assert candidates["slots"] == [c["id"] for c in by_loss[:3]]
-    metrics = json.loads((root / "metrics/prune-best.json").read_text())
+    metrics = read_metrics_record(root, "prune@best")  # the candidate list is in the info file
     kept = [c for c in metrics["search"]["candidates"] if "val_loss_short_distill" in c]
     assert sorted(c["id"] for c in kept) == sorted(candidates["slots"])
     winner = min(kept, key=lambda c: c["val_loss_short_distill"])
@@ -87,7 +89,7 @@ def test_top_k_candidates_are_short_distilled_and_the_best_wins(search_run):
     evaluation = json.loads((root / "metrics/evaluate.json").read_text())
     assert evaluation["students"]["best"]["params_total"] == winner["params_total"]
     assert (root / "export/best/config.json").exists()
-    short = json.loads((root / "metrics/search-distill-best-1.json").read_text())
+    short = read_metrics_record(root, "search-distill@best-1")
     assert short["steps"] == 2  # 512 tokens / (8 sequences x 32 tokens)
 
 

@@ -71,4 +71,6 @@ def make_portable(directory) -> None:
         path = Path(directory) / name
         if path.is_file():
             data = json.loads(path.read_text(encoding="utf-8"))
-            path.write_text(json.dumps(rewrite(data), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+            path.write_text(
+                json.dumps(rewrite(data), indent=2, sort_keys=True) + "\n", encoding="utf-8"
+            )

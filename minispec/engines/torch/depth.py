@@ -101,7 +101,9 @@ class LayerRunner:
         # transformers >= 4.56 returns the hidden states; earlier layers returned a tuple
         return output[0] if isinstance(output, tuple) else output
 
-    def run(self, hidden: torch.Tensor, indices: Iterable[int], context: list[dict]) -> torch.Tensor:
+    def run(
+        self, hidden: torch.Tensor, indices: Iterable[int], context: list[dict]
+    ) -> torch.Tensor:
         for index in indices:
             hidden = self.layer(index, hidden, context)
         return hidden

@@ -73,6 +73,7 @@ def rebuild_model(
     """
     import torch
     from transformers import AutoModelForCausalLM
+
     from minispec.engines.torch.compat import no_init_weights
 
     device = next(source.parameters()).device

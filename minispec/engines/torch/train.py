@@ -368,7 +368,9 @@ class Trainer:
         module = TrainedModule(model, projections, [s - 1 for s, _ in self.pairs])
         module.train()
         # one micro step as a CUDA graph: built at the first step (None), False if impossible
-        self.use_cuda_graphs = cfg.cuda_graphs and self.device.type == "cuda" and not self.ctx.enabled
+        self.use_cuda_graphs = (
+            cfg.cuda_graphs and self.device.type == "cuda" and not self.ctx.enabled
+        )
         self._graph: MicroStepGraph | None = None
         background = cfg.background_checkpoints
         if background is None:
@@ -642,7 +644,9 @@ class Trainer:
             checkpointing.write_tensors(partial / checkpointing.rng_file(0), rng_tensors)
             (partial / "rng-rank0.json").write_text(json.dumps(rng_meta), encoding="utf-8")
             model_state = {
-                name: tensor for name, tensor in model_state.items() if name not in self._alias_names
+                name: tensor
+                for name, tensor in model_state.items()
+                if name not in self._alias_names
             }
             checkpointing.write_tensors(partial / checkpointing.MODEL_FILE, model_state)
             optimizer_tensors, optimizer_meta = checkpointing.flatten_optimizer(optimizer_state)

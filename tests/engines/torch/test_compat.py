@@ -40,9 +40,10 @@ def test_default_rope_gets_no_scaling_and_written_legacy_keys_are_kept():
 
 
 def test_tokenizer_class_is_one_both_versions_know():
-    assert portable_tokenizer_config({"tokenizer_class": "TokenizersBackend"})[
-        "tokenizer_class"
-    ] == "PreTrainedTokenizerFast"
+    assert (
+        portable_tokenizer_config({"tokenizer_class": "TokenizersBackend"})["tokenizer_class"]
+        == "PreTrainedTokenizerFast"
+    )
     assert portable_tokenizer_config({"tokenizer_class": "GPT2Tokenizer"}) == {
         "tokenizer_class": "GPT2Tokenizer",
         "model_input_names": ["input_ids", "attention_mask"],  # no token_type_ids for an LM

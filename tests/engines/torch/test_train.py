@@ -467,10 +467,14 @@ def test_background_checkpoints_resume_to_the_same_curve_and_weights(
     """Writes in a thread while training goes on; the checkpoint holds the step it was taken at."""
     train, val = windows
     loss = LossConfig(alpha=0.5, temperature=2.0)
-    cfg = config(steps=6, checkpoint_interval=2, val_interval=3, loss=loss, background_checkpoints=True)
+    cfg = config(
+        steps=6, checkpoint_interval=2, val_interval=3, loss=loss, background_checkpoints=True
+    )
 
     def trainer():
-        return Trainer(cfg, _student(trained_teacher), copy.deepcopy(trained_teacher), vocab_size=256)
+        return Trainer(
+            cfg, _student(trained_teacher), copy.deepcopy(trained_teacher), vocab_size=256
+        )
 
     whole = trainer()
     whole_run = fit(whole, train, val, checkpoint_root=tmp_path / "whole", fingerprint="x")
