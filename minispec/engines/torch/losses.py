@@ -194,41 +194,75 @@ class _ChunkedLogitsObjective(torch.autograd.Function):
             grad[:, vocab_size:] = 0  # padded vocabulary columns get no gradient
             if not need_grad:
                 grad.zero_()
-        kd_sum = torch.zeros((), dtype=torch.float32, device=student.device)
-        ce_sum = torch.zeros((), dtype=torch.float32, device=student.device)
         ignore_index = divergence.ignore_index if divergence is not None else IGNORE_INDEX
         analytic = teacher is None or type(divergence) is ForwardKLLoss
         chunk_objective = _analytic_chunk if analytic else _autograd_chunk
-        with torch.autocast(student.device.type, enabled=False):
-            for start in range(0, student.shape[0], chunk_tokens):
-                end = min(start + chunk_tokens, student.shape[0])
-                chunk_labels = labels[start:end]
-                kd_chunk, ce_chunk, chunk_grad = chunk_objective(
-                    student[start:end, :vocab_size].float(),  # [n, V] fp32
-                    teacher[start:end, :vocab_size].float() if teacher is not None else None,
-                    chunk_labels.masked_fill(chunk_labels == ignore_index, 0),
-                    (chunk_labels != ignore_index).to(torch.float32),  # [n]
-                    divergence,
-                    kd_weight,
-                    ce_weight,
-                    scale,
-                    need_grad,
-                )
-                kd_sum += kd_chunk
-                ce_sum += ce_chunk
-                if need_grad:
-                    grad[start:end, :vocab_size] = chunk_grad  # cast to the logits' dtype
-        if grad is not None:
-            ctx.save_for_backward(grad)
-        ctx.mark_non_differentiable(kd_sum, ce_sum)
-        total = (kd_weight * kd_sum + ce_weight * ce_sum) * scale
-        return total, kd_sum, ce_sum
+
+        def chunk(start, end, logits, chunk_labels, mask):
+            return chunk_objective(
+                logits,
+                teacher[start:end, :vocab_size].float() if teacher is not None else None,
+                chunk_labels,
+                mask,
+                divergence,
+                kd_weight,
+                ce_weight,
+                scale,
+                need_grad,
+            )
+
+        kd_sum, ce_sum = accumulate_chunks(
+            student,
+            labels,
+            ignore_index,
+            vocab_size,
+            chunk_tokens,
+            grad if need_grad else None,
+            chunk,
+        )
+        return finish_objective(ctx, grad, kd_sum, ce_sum, kd_weight, ce_weight, scale)
 
     @staticmethod
     def backward(ctx, grad_total, _grad_kd, _grad_ce):
         (grad,) = ctx.saved_tensors
         # in place: the stored gradient is used once (no retain_graph in training)
         return grad.mul_(grad_total.to(grad.dtype)), None, None, None, None, None, None, None, None
+
+
+def accumulate_chunks(student, labels, ignore_index, vocab_size, chunk_tokens, grad, chunk):
+    """The chunk loop shared by the dense and the sparse objective.
+
+    ``student`` ``[N, V_s]``, ``labels`` ``[N]``. ``chunk(start, end, logits, labels, mask)``
+    gets the chunk's fp32 logits ``[n, V]``, its labels (masked ones replaced by 0) and mask
+    ``[n]`` and returns (KD token sum, CE token sum, gradient ``[n, V]`` or None); gradients
+    are written into ``grad`` (cast to the logits' dtype) when it is given. Returns the two sums.
+    """
+    kd_sum = torch.zeros((), dtype=torch.float32, device=student.device)
+    ce_sum = torch.zeros((), dtype=torch.float32, device=student.device)
+    with torch.autocast(student.device.type, enabled=False):
+        for start in range(0, student.shape[0], chunk_tokens):
+            end = min(start + chunk_tokens, student.shape[0])
+            chunk_labels = labels[start:end]
+            kd_chunk, ce_chunk, chunk_grad = chunk(
+                start,
+                end,
+                student[start:end, :vocab_size].float(),  # [n, V] fp32
+                chunk_labels.masked_fill(chunk_labels == ignore_index, 0),
+                (chunk_labels != ignore_index).to(torch.float32),  # [n]
+            )
+            kd_sum += kd_chunk
+            ce_sum += ce_chunk
+            if grad is not None:
+                grad[start:end, :vocab_size] = chunk_grad
+    return kd_sum, ce_sum
+
+
+def finish_objective(ctx, grad, kd_sum, ce_sum, kd_weight, ce_weight, scale):
+    """Save the precomputed gradient for backward and return ``(total, kd_sum, ce_sum)``."""
+    if grad is not None:
+        ctx.save_for_backward(grad)
+    ctx.mark_non_differentiable(kd_sum, ce_sum)
+    return (kd_weight * kd_sum + ce_weight * ce_sum) * scale, kd_sum, ce_sum
 
 
 def _analytic_chunk(

@@ -40,7 +40,9 @@ from minispec.engines.torch.losses import (
     IGNORE_INDEX,
     ForwardKLLoss,
     LogitsDivergence,
+    accumulate_chunks,
     default_chunk_tokens,
+    finish_objective,
 )
 
 # A finite stand-in for log 0: an empty tail (K = vocabulary) or the masked top-k ids. exp()
@@ -141,37 +143,36 @@ class _SparseObjective(torch.autograd.Function):
     ):
         need_grad = ctx.needs_input_grad[0] and bool(kd_weight or ce_weight)
         grad = torch.zeros_like(student) if ctx.needs_input_grad[0] else None
-        kd_sum = torch.zeros((), dtype=torch.float32, device=student.device)
-        ce_sum = torch.zeros((), dtype=torch.float32, device=student.device)
         analytic = type(divergence) is ForwardKLLoss
         chunk_objective = _analytic_chunk if analytic else _autograd_chunk
-        with torch.autocast(student.device.type, enabled=False):
-            for start in range(0, student.shape[0], chunk_tokens):
-                end = min(start + chunk_tokens, student.shape[0])
-                chunk_labels = labels[start:end]
-                kd_chunk, ce_chunk, chunk_grad = chunk_objective(
-                    student[start:end, :vocab_size].float(),  # [n, V] fp32
-                    indices[start:end],
-                    teacher_buckets(
-                        logprobs[start:end].float(), tail[start:end].float(), divergence.temperature
-                    ),
-                    chunk_labels.masked_fill(chunk_labels == IGNORE_INDEX, 0),
-                    (chunk_labels != IGNORE_INDEX).to(torch.float32),  # [n]
-                    divergence,
-                    kd_weight,
-                    ce_weight,
-                    scale,
-                    need_grad,
-                )
-                kd_sum += kd_chunk
-                ce_sum += ce_chunk
-                if need_grad:
-                    grad[start:end, :vocab_size] = chunk_grad  # cast to the logits' dtype
-        if grad is not None:
-            ctx.save_for_backward(grad)
-        ctx.mark_non_differentiable(kd_sum, ce_sum)
-        total = (kd_weight * kd_sum + ce_weight * ce_sum) * scale
-        return total, kd_sum, ce_sum
+
+        def chunk(start, end, logits, chunk_labels, mask):
+            teacher = teacher_buckets(
+                logprobs[start:end].float(), tail[start:end].float(), divergence.temperature
+            )
+            return chunk_objective(
+                logits,
+                indices[start:end],
+                teacher,
+                chunk_labels,
+                mask,
+                divergence,
+                kd_weight,
+                ce_weight,
+                scale,
+                need_grad,
+            )
+
+        kd_sum, ce_sum = accumulate_chunks(
+            student,
+            labels,
+            IGNORE_INDEX,
+            vocab_size,
+            chunk_tokens,
+            grad if need_grad else None,
+            chunk,
+        )
+        return finish_objective(ctx, grad, kd_sum, ce_sum, kd_weight, ce_weight, scale)
 
     @staticmethod
     def backward(ctx, grad_total, _grad_kd, _grad_ce):
