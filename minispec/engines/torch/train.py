@@ -985,9 +985,10 @@ def _fit(
             trainer.save_checkpoint(checkpoint_root, step, _checkpoint_state(run, fingerprint))
         if at_val or at_checkpoint:
             mark = time.perf_counter()  # validation and saving are not training time
-        if step == 1 and ctx.is_main:
+        startup = seconds_since_process_start() if step == 1 and ctx.is_main else None
+        if startup is not None:
             print(
-                f"[{cfg.stage}] first step done {seconds_since_process_start():.1f} s after the process started",
+                f"[{cfg.stage}] first step done {startup:.1f} s after the process started",
                 flush=True,
             )
     flush()
@@ -995,14 +996,15 @@ def _fit(
     return run
 
 
-def seconds_since_process_start() -> float:
-    """Wall time since this process started (stage start-up is measured from there)."""
+def seconds_since_process_start() -> float | None:
+    """Wall time since this process started (stage start-up is measured from there); None
+    where psutil cannot tell."""
     try:
         import psutil
 
         return time.time() - psutil.Process().create_time()
-    except Exception:  # psutil missing or no /proc: fall back to the interpreter's clock
-        return time.process_time()
+    except Exception:  # psutil missing or no process table: no figure rather than a wrong one
+        return None
 
 
 def _checkpoint_state(run: RunState, fingerprint: str) -> dict:
