@@ -14,8 +14,11 @@ only, never from pickles, and remote code runs only when the spec says ``trust_r
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import functools
 import hashlib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -338,8 +341,42 @@ def gguf_architecture(path: Path) -> str:
     return architecture
 
 
+@contextlib.contextmanager
+def gguf_parsed_once():
+    """Within the block, each GGUF file is parsed once and gguf's tensor-name maps are built once.
+
+    transformers parses the whole file (metadata with the full vocabulary, tensor table) for the
+    config, again for the tokenizer and again for the weights, and rebuilds gguf's tensor-name
+    map for every submodule of the model (~400 times for SmolLM2-135M). Both are pure functions
+    of their arguments, so they are memoized for one load and restored afterwards; transformers
+    imports them from ``gguf`` at call time, which is where they are replaced.
+    """
+    import gguf
+
+    original_reader, original_name_map = gguf.GGUFReader, gguf.get_tensor_name_map
+    readers: dict[tuple[str, str], object] = {}
+
+    def parsed(path, mode="r"):
+        key = (os.fspath(path), mode)
+        if key not in readers:
+            readers[key] = original_reader(path, mode)
+        return readers[key]
+
+    gguf.GGUFReader = parsed
+    gguf.get_tensor_name_map = functools.lru_cache(maxsize=None)(original_name_map)
+    try:
+        yield
+    finally:
+        gguf.GGUFReader, gguf.get_tensor_name_map = original_reader, original_name_map
+
+
 def load_gguf(path: Path, *, dtype) -> Loaded:
     """Dequantize a GGUF model through transformers and copy it into a plain (saveable) model."""
+    with gguf_parsed_once():
+        return _load_gguf(path, dtype=dtype)
+
+
+def _load_gguf(path: Path, *, dtype) -> Loaded:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

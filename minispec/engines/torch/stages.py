@@ -8,9 +8,11 @@ writes the paths named in :mod:`minispec.layout`.
 from __future__ import annotations
 
 import importlib
+import sys
 from pathlib import Path
 
 from minispec.errors import NotBuiltError, StageError
+from minispec.timing import StartupPhases
 
 # stage name → "module:function"; each function is ``run(spec, variant, root) -> None``.
 STEPS: dict[str, str] = {
@@ -55,6 +57,8 @@ def run_stage(name: str, variant: str | None, root: Path, params_file: str = "pa
     if (name in VARIANT_STEPS) != (variant is not None):
         need = "needs a variant name" if name in VARIANT_STEPS else "takes no variant"
         raise StageError(f"stage '{name}' {need}")
+    startup = StartupPhases()
+    startup.mark("python and CLI")
     module_name, func_name = STEPS[name].split(":")
     try:
         module = importlib.import_module(module_name)
@@ -74,5 +78,14 @@ def run_stage(name: str, variant: str | None, root: Path, params_file: str = "pa
         raise NotBuiltError(
             f"the torch engine has no '{name}' stage yet ({module_name}.{func_name} is missing)"
         )
+    startup.mark("stage imports")
     spec = load_params(root, params_file)
     func(spec, variant, root)
+    startup.mark("run")
+    if startup.phases:  # where a stage's wall time goes: start-up is paid by every stage
+        label = f"{name}@{variant}" if variant else name
+        print(
+            f"[{label}] done {startup.elapsed:.1f} s after the process started ({startup.summary()})",
+            file=sys.stderr,
+            flush=True,
+        )

@@ -62,6 +62,7 @@ from minispec.engines.torch.losses import (
 from minispec.engines.torch.tracking import Recorder
 from minispec.engines.torch.windows import TokenWindows, permutation, sample_window
 from minispec.errors import StageError
+from minispec.timing import StartupPhases
 
 if TYPE_CHECKING:
     from minispec.engines.torch.windows import TokenWindows as _Windows  # noqa: F401
@@ -876,6 +877,7 @@ def fit(
     tracker: Recorder | None = None,
     checkpoint_root: Path | None = None,
     fingerprint: str = "",
+    startup: StartupPhases | None = None,
 ) -> RunState:
     """Train ``cfg.steps`` updates (resuming from ``checkpoint_root`` when possible).
 
@@ -883,7 +885,13 @@ def fit(
     """
     try:
         return _fit(
-            trainer, train_windows, val_windows, tracker or Recorder(), checkpoint_root, fingerprint
+            trainer,
+            train_windows,
+            val_windows,
+            tracker or Recorder(),
+            checkpoint_root,
+            fingerprint,
+            startup,
         )
     except (torch.OutOfMemoryError, RuntimeError) as exc:
         if _is_out_of_memory(exc):
@@ -898,12 +906,15 @@ def _fit(
     tracker: Recorder,
     checkpoint_root: Path | None,
     fingerprint: str,
+    startup: StartupPhases | None = None,
 ) -> RunState:
     cfg, ctx = trainer.cfg, trainer.ctx
+    startup = startup or StartupPhases()
     run = RunState()
     if checkpoint_root is not None:
         run = _resume(trainer, checkpoint_root, fingerprint)
     tracker.replay(run.history)
+    startup.mark("logging and resume")
 
     plan = BatchPlan(len(train_windows), cfg, ctx)
     val_indices = validation_windows(len(val_windows), cfg)
@@ -921,6 +932,8 @@ def _fit(
 
     if run.step == 0:
         validate(0)
+        startup.mark("validation")
+    first_step = run.step + 1
     pending: list[tuple[int, float, torch.Tensor]] = []
     mark = time.perf_counter()
 
@@ -985,26 +998,23 @@ def _fit(
             trainer.save_checkpoint(checkpoint_root, step, _checkpoint_state(run, fingerprint))
         if at_val or at_checkpoint:
             mark = time.perf_counter()  # validation and saving are not training time
-        startup = seconds_since_process_start() if step == 1 and ctx.is_main else None
-        if startup is not None:
-            print(
-                f"[{cfg.stage}] first step done {startup:.1f} s after the process started",
-                flush=True,
-            )
+        if step == first_step and ctx.is_main:
+            _report_startup(cfg.stage, startup)
     flush()
     trainer.wait_for_checkpoint()
     return run
 
 
-def seconds_since_process_start() -> float | None:
-    """Wall time since this process started (stage start-up is measured from there); None
-    where psutil cannot tell."""
-    try:
-        import psutil
-
-        return time.time() - psutil.Process().create_time()
-    except Exception:  # psutil missing or no process table: no figure rather than a wrong one
-        return None
+def _report_startup(stage: str, startup: StartupPhases) -> None:
+    """One log line: when the first step finished, and where the time before it went. The
+    first step's own time includes CUDA graph capture or compilation where they are on."""
+    startup.mark("first step")
+    if startup.phases:
+        print(
+            f"[{stage}] first step done {startup.elapsed:.1f} s after the process started "
+            f"({startup.summary()})",
+            flush=True,
+        )
 
 
 def _checkpoint_state(run: RunState, fingerprint: str) -> dict:
@@ -1172,6 +1182,8 @@ def _run_training(
 ) -> None:
     from minispec.engines.torch.modeling import load_model
 
+    startup = StartupPhases()
+    startup.mark("python and imports")
     cfg = config_from_spec(spec, section, stage, ctx.device)
     if ctx.device.type == "cpu":
         return_freed_host_memory()
@@ -1191,6 +1203,7 @@ def _run_training(
     if teacher_dir is not None:
         inputs["teacher"] = teacher_dir
     fingerprint = run_fingerprint(cfg, inputs)
+    startup.mark("tokenizer and data")
 
     # FSDP shards on the host first, so a rank never holds the whole model on its GPU
     load_device = "cpu" if ctx.enabled and cfg.strategy == "fsdp" else ctx.device
@@ -1208,9 +1221,11 @@ def _run_training(
             teacher_dir, dtype=teacher_dtype, device=load_device, trust_remote_code=trust
         )
 
+    startup.mark("models")
     trainer = Trainer(
         cfg, model, teacher, vocab_size=vocab_size, ctx=ctx, teacher_cache=teacher_cache
     )
+    startup.mark("trainer")
     tracker = Recorder()
     if ctx.is_main:
         from minispec.engines.torch.tracking import StageTracker
@@ -1230,6 +1245,7 @@ def _run_training(
             tracker=tracker,
             checkpoint_root=root / layout.checkpoint_dir(stage),
             fingerprint=fingerprint,
+            startup=startup,
         )
     finally:
         tracker.close()

@@ -207,6 +207,33 @@ def write_gguf(path: Path, architecture: str) -> Path:
     return path
 
 
+def test_a_gguf_is_parsed_once_per_load(tmp_path, monkeypatch):
+    """transformers parses a GGUF for the config, the tokenizer and the weights: one parse serves
+    all three within a load, and gguf is as it was afterwards."""
+    import gguf
+
+    from minispec.engines.torch.modeling import gguf_parsed_once
+
+    path = write_gguf(tmp_path / "model.gguf", "llama")
+    parses = []
+    real_reader = gguf.GGUFReader
+
+    def counting_reader(p, mode="r"):
+        parses.append(p)
+        return real_reader(p, mode)
+
+    monkeypatch.setattr(gguf, "GGUFReader", counting_reader)
+    real_name_map = gguf.get_tensor_name_map
+    with gguf_parsed_once():
+        first, again = gguf.GGUFReader(path), gguf.GGUFReader(str(path))
+        assert gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, 2) is gguf.get_tensor_name_map(
+            gguf.MODEL_ARCH.LLAMA, 2
+        )
+    assert first is again and len(parses) == 1
+    assert first.fields["general.architecture"].contents() == "llama"
+    assert gguf.GGUFReader is counting_reader and gguf.get_tensor_name_map is real_name_map
+
+
 def test_unsupported_gguf_architecture_is_named(make_pipeline, tmp_path):
     gguf = write_gguf(tmp_path / "phi.gguf", "phi3")
     root = make_pipeline({"teacher": {"source": str(gguf)}})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -272,9 +273,31 @@ def pipeline(tmp_path, wikitext_dir, tokenizer, trained_teacher):
     return build
 
 
-def test_finetune_stage_writes_model_metrics_and_logs(pipeline):
+def test_finetune_stage_writes_model_metrics_and_logs(pipeline, capsys):
     root = pipeline(ts.base_spec(finetune={"steps": 8, "val_interval": 4}))
     run_stage("finetune", None, root)
+
+    # where the start-up went, phase by phase, and the whole stage's wall time
+    out = capsys.readouterr()
+    first = re.search(
+        r"\[finetune\] first step done ([\d.]+) s after the process started \((.*)\)", out.out
+    )
+    assert first, out.out
+    phases = dict(part.rsplit(" ", 1) for part in first.group(2).split(", "))
+    assert list(phases) == [
+        "python and imports",
+        "tokenizer and data",
+        "models",
+        "trainer",
+        "logging and resume",
+        "validation",
+        "first step",
+    ]
+    assert sum(map(float, phases.values())) == pytest.approx(float(first.group(1)), abs=0.1)
+    assert re.search(
+        r"\[finetune\] done [\d.]+ s after the process started \(python and CLI [\d.]+, stage imports [\d.]+, run [\d.]+\)",
+        out.err,
+    )
 
     from minispec.engines.torch.modeling import count_parameters, load_model
 
