@@ -233,6 +233,12 @@ def compile_command(
     is_flag=True,
     help="Print every stage's command in order; write nothing, run nothing.",
 )
+@click.option(
+    "--warm-start/--no-warm-start",
+    default=True,
+    show_default=True,
+    help="Start torch stages as forks of one process that imported torch and transformers once (saves seconds per stage); --no-warm-start runs each in a fresh process.",
+)
 @handle_errors
 def run_command(
     spec: Path,
@@ -241,6 +247,7 @@ def run_command(
     stage_name: str | None,
     force: bool,
     dry_run: bool,
+    warm_start: bool,
 ) -> None:
     """Lint and compile SPEC, then reproduce its pipeline with DVC (only what changed runs)."""
     from minispec.pipeline import run
@@ -255,6 +262,7 @@ def run_command(
         dry=dry_run,
         echo=click.echo,
         verbose=verbose,
+        warm_start=warm_start,
     )
 
 
@@ -353,6 +361,11 @@ def status_command(spec: Path, out_dir: Path, overrides: tuple[str, ...]) -> Non
 @handle_errors
 def stage(name: str, variant: str | None, params_file: str) -> None:
     """Run one torch-engine stage (NAME, and VARIANT for prune/distill/export) in the current pipeline directory."""
+    from minispec.engines.torch.warm import run_in_server
+
+    code = run_in_server(name, sys.argv[1:])  # within `minispec run`: a fork of a warm process
+    if code is not None:
+        sys.exit(code)
     from minispec.engines.torch.stages import run_stage
 
     run_stage(name, variant, Path.cwd(), params_file)

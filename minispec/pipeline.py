@@ -219,11 +219,13 @@ def run(
     dry: bool = False,
     echo: Echo = print,
     verbose: bool = False,
+    warm_start: bool = True,
 ) -> None:
     """Compile ``loaded`` into ``out_dir`` and reproduce it (or print its commands when ``dry``).
 
     The console gets one line per stage; stage output goes to ``logs/`` (and, ``verbose``,
-    to the console too; :mod:`minispec.console`)."""
+    to the console too; :mod:`minispec.console`). With ``warm_start`` the torch stages are
+    forks of one process that imported torch once (:mod:`minispec.engines.torch.warm`)."""
     compiled = compile_pipeline(loaded, out_dir)
     selected = select_stages(compiled, stage)
     if dry:
@@ -244,15 +246,18 @@ def run(
         discard_checkpoints(
             compiled.out_dir, [stage] if stage else [s.name for s in selected], echo
         )
-    if stage is not None and force:
-        # `dvc repro -f X` would force everything X needs too: bring those up to date normally,
-        # then force X alone.
-        parents = direct_upstream(compiled.stages, stage)
-        if parents:
-            repro(compiled.out_dir, parents, monitor)
-        repro(compiled.out_dir, [stage], monitor, force=True, single_item=True)
-    else:
-        repro(compiled.out_dir, [stage] if stage else [], monitor, force=force)
+    from minispec.engines.torch.warm import stage_server
+
+    with stage_server(enabled=warm_start and compiled.spec.engine == "torch") as server_env:
+        if stage is not None and force:
+            # `dvc repro -f X` would force everything X needs too: bring those up to date
+            # normally, then force X alone.
+            parents = direct_upstream(compiled.stages, stage)
+            if parents:
+                repro(compiled.out_dir, parents, monitor, env=server_env)
+            repro(compiled.out_dir, [stage], monitor, force=True, single_item=True, env=server_env)
+        else:
+            repro(compiled.out_dir, [stage] if stage else [], monitor, force=force, env=server_env)
     monitor.summary()
 
 
@@ -318,6 +323,7 @@ def repro(
     *,
     force: bool = False,
     single_item: bool = False,
+    env: dict[str, str] | None = None,
 ) -> None:
     args = ["repro"]
     if force:
@@ -328,7 +334,7 @@ def repro(
     process = subprocess.Popen(
         dvc_argv() + args,
         cwd=out_dir,
-        env=dvc_env(),
+        env={**dvc_env(), **(env or {})},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

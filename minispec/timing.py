@@ -11,18 +11,35 @@ from __future__ import annotations
 import os
 import time
 
+_inherited_start: float | None = None  # set in a stage forked by the warm stage server
 
-def seconds_since_process_start() -> float | None:
-    """Wall time since this process started; None where the system cannot tell (not Linux)."""
+
+def process_start_boottime() -> float | None:
+    """When this process started, in seconds of ``CLOCK_BOOTTIME``; None where the system cannot
+    tell (not Linux)."""
     try:
         with open("/proc/self/stat") as stat:
             # "pid (comm) state ppid ...": comm may hold spaces, so split after its ')'; field 22
             # of the line (starttime, clock ticks after boot) is then at index 19
             fields = stat.read().rsplit(")", 1)[1].split()
-        started = int(fields[19]) / os.sysconf("SC_CLK_TCK")
-        return time.clock_gettime(time.CLOCK_BOOTTIME) - started
+        return int(fields[19]) / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError, AttributeError):
         return None
+
+
+def set_process_start(boottime: float | None) -> None:
+    """Measure from ``boottime`` instead of this process's start: a stage forked by the warm
+    stage server (:mod:`minispec.engines.torch.warm`) counts from when DVC started its caller."""
+    global _inherited_start
+    _inherited_start = boottime
+
+
+def seconds_since_process_start() -> float | None:
+    """Wall time since this process (or the stage it serves) started; None where unknown."""
+    started = _inherited_start if _inherited_start is not None else process_start_boottime()
+    if started is None:
+        return None
+    return time.clock_gettime(time.CLOCK_BOOTTIME) - started
 
 
 class StartupPhases:
