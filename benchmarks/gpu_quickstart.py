@@ -30,7 +30,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 SPEC = REPO / "specs" / "quickstart.yaml"
 STAGE_LINE = re.compile(r"^\[\s*\d+/\d+\]\s+(\S+)\s+done in (.+)$")
-FIRST_STEP = re.compile(r"first step done ([\d.]+) s after the process started")
+FIRST_STEP = re.compile(r"first step done ([\d.]+) s after the process started(?: \((.*)\))?")
+PROCESS_DONE = re.compile(r"\] done ([\d.]+) s after the process started \((.*)\)")
 
 
 def seconds(text: str) -> float:
@@ -60,6 +61,8 @@ def run(args) -> dict:
         command += ["--set", f"{block}.steps={steps * args.steps_scale}"]
     for override in args.set:
         command += ["--set", override]
+    if args.no_warm_start:
+        command.append("--no-warm-start")
     print("$", " ".join(command), flush=True)
     start = time.perf_counter()
     done = subprocess.run(command, text=True, capture_output=True, env=os.environ.copy())
@@ -73,9 +76,15 @@ def run(args) -> dict:
     for name, row in stages.items():
         log = out / "logs" / f"{name.replace('@', '-')}.log"
         if log.exists():
-            first = FIRST_STEP.search(log.read_text(errors="replace"))
+            text = log.read_text(errors="replace")
+            first = FIRST_STEP.search(text)
             if first:
                 row["startup_seconds"] = float(first.group(1))
+                row["startup_phases"] = first.group(2)
+            process = PROCESS_DONE.search(text)
+            if process:  # the stage's own process; the rest of its wall time is DVC's
+                row["process_seconds"] = float(process.group(1))
+                row["process_phases"] = process.group(2)
         metrics = out / "metrics" / f"{name.replace('@', '-')}.json"
         if metrics.exists():
             data = json.loads(metrics.read_text())
@@ -114,7 +123,10 @@ def print_table(report: dict) -> None:
         f"\nminispec run of the quickstart on {report['machine'].get('gpu', 'CPU')}: "
         f"{report['wall_seconds']:.1f} s wall, exit code {report['returncode']}"
     )
-    print(f"{'stage':16s} {'wall s':>8s} {'start-up s':>10s} {'tokens/s':>10s} {'val loss':>17s}")
+    print(
+        f"{'stage':16s} {'wall s':>8s} {'process s':>9s} {'start-up s':>10s} {'tokens/s':>10s} "
+        f"{'val loss':>17s}"
+    )
     for name, row in report["stages"].items():
         startup = f"{row['startup_seconds']:10.1f}" if "startup_seconds" in row else f"{'':>10s}"
         speed = f"{row['tokens_per_second']:10.0f}" if "tokens_per_second" in row else f"{'':>10s}"
@@ -123,7 +135,11 @@ def print_table(report: dict) -> None:
             if "final_val_loss" in row
             else ""
         )
-        print(f"{name:16s} {row['seconds']:8.1f} {startup} {speed} {loss:>17s}")
+        process = f"{row['process_seconds']:9.1f}" if "process_seconds" in row else f"{'':>9s}"
+        print(f"{name:16s} {row['seconds']:8.1f} {process} {startup} {speed} {loss:>17s}")
+    for name, row in report["stages"].items():
+        if row.get("startup_phases"):
+            print(f"  {name} start-up: {row['startup_phases']}")
 
 
 def main(argv=None) -> int:
@@ -134,6 +150,9 @@ def main(argv=None) -> int:
     parser.add_argument("--steps-scale", type=int, default=10, help="× the quickstart's steps")
     parser.add_argument("--set", action="append", default=[], help="extra KEY=VALUE overrides")
     parser.add_argument("--fresh", action="store_true", help="delete the run directory first")
+    parser.add_argument(
+        "--no-warm-start", action="store_true", help="every stage in a fresh process"
+    )
     parser.add_argument("--report", help="also write the JSON report here")
     args = parser.parse_args(argv)
     report = run(args)
