@@ -7,8 +7,8 @@
 #
 # DEADLINE_S  seconds from now by which the script has packed its results and exited
 # STEPS       optimizer steps of each one-shot student (64 x 256 = 16,384 tokens a step on the
-#             specs' batch; the iterative rounds get STEPS/2 each); default: the specs' 1222
-#             (20.0M tokens)
+#             specs' batch; the iterative rounds, core's w75 and iterative.yaml, get STEPS/2
+#             each); default: the specs' 1222 (20.0M tokens)
 # EXTRA       passed to every `minispec run` (e.g. --set data.source=... for a CPU check)
 #
 # Assumes: minispec on PATH with its wheels installed (.gpu setup), the teacher GGUF at
@@ -106,28 +106,24 @@ trap pack_results EXIT
 unpack_corpus
 mkdir -p "$runs"
 gguf=(--set "teacher.source=$(realpath "$teacher")")
-one=() half=()
+one=() half=() half_w75=()
 if [ -n "$steps" ]; then
     one=(--set "distill.steps=$steps")
     half=(--set "distill.steps=$((steps / 2))")
+    half_w75=(--set "prune.w75.distill.steps=$((steps / 2))")
 fi
 S=specs/study
 
-# Phase 1: the students, most findings first (F1, F3, F5 in one pipeline, then F2, F4, F6);
-# the satellite runs stop after their distillation (their final validation loss is in
-# metrics/distill-<variant>.json); phase 2 evaluates them if time is left.
-run_spec width-depth-importance $S/width-depth-importance.yaml report "${gguf[@]}" "${one[@]}"
-run_spec ce $S/kd-vs-ce.yaml distill@w50 "${gguf[@]}" "${one[@]}"
-run_spec kd-ce $S/kd-vs-ce.yaml distill@w50 "${gguf[@]}" "${one[@]}" --set distill.loss.alpha=0.5
+# Phase 1: the students. core.yaml holds those of F1, F2, F3, F5 and round 1 of F6 (up to its
+# report: evaluate scores them all on WikiText validation/test); then F4 and F6's round 2 up to
+# their distillation (their final validation loss is in metrics/distill-w50.json).
+run_spec core $S/core.yaml report "${gguf[@]}" "${one[@]}" "${half_w75[@]}"
 run_spec no-correction $S/no-correction.yaml distill@w50 "${gguf[@]}" "${one[@]}"
-run_spec iterative-1 $S/iterative-1.yaml distill@w75 "${gguf[@]}" "${half[@]}" &&
-    run_spec iterative-2 $S/iterative-2.yaml distill@w50 "${half[@]}"
-# Phase 2: test/validation evaluation (the same windows as the first pipeline) and reports
-run_spec ce $S/kd-vs-ce.yaml report "${gguf[@]}" "${one[@]}"
-run_spec kd-ce $S/kd-vs-ce.yaml report "${gguf[@]}" "${one[@]}" --set distill.loss.alpha=0.5
+[ -d "$runs/core/models/students/w75" ] &&
+    run_spec iterative $S/iterative.yaml distill@w50 "${half[@]}"
+# Phase 2, if time is left: their evaluation (the same windows as core's) and reports
 run_spec no-correction $S/no-correction.yaml report "${gguf[@]}" "${one[@]}"
-run_spec iterative-1 $S/iterative-1.yaml report "${gguf[@]}" "${half[@]}"
-[ -d "$runs/iterative-1/models/students/w75" ] &&
-    run_spec iterative-2 $S/iterative-2.yaml report "${half[@]}"
+[ -d "$runs/core/models/students/w75" ] &&
+    run_spec iterative $S/iterative.yaml report "${half[@]}"
 
 log "done: ${ok[*]:-nothing}; failed or stopped: ${failed[*]:-none}"

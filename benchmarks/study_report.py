@@ -26,41 +26,41 @@ from minispec.report.collect import collect  # noqa: E402
 FINDINGS: dict[str, tuple[str, list[tuple[str, str, str]]]] = {
     "width-vs-depth": (
         "F1 width vs depth at equal non-embedding parameters (53.1M, 50%)",
-        [("width w50", "width-depth-importance", "w50"), ("depth d15", "width-depth-importance", "d15")],
+        [("width w50", "core", "w50"), ("depth d15", "core", "d15")],
     ),
     "kd-vs-ce": (
         "F2 logit KD vs CE vs KD+CE (w50, same tokens)",
         [
-            ("KD (alpha 1)", "width-depth-importance", "w50"),
-            ("CE (alpha 0)", "ce", "w50"),
-            ("KD+CE (alpha 0.5)", "kd-ce", "w50"),
+            ("KD (alpha 1)", "core", "w50"),
+            ("CE (alpha 0)", "core", "w50_ce"),
+            ("KD+CE (alpha 0.5)", "core", "w50_kdce"),
         ],
     ),
     "depth-importance": (
         "F3 depth: block influence vs best contiguous block (lm_loss), after distillation",
         [
-            ("block_influence d15", "width-depth-importance", "d15"),
-            ("lm_loss block d15_lm", "width-depth-importance", "d15_lm"),
+            ("block_influence d15", "core", "d15"),
+            ("lm_loss block d15_lm", "core", "d15_lm"),
         ],
     ),
     "teacher-correction": (
         "F4 teacher correction on vs off (w50)",
-        [("corrected", "width-depth-importance", "w50"), ("uncorrected", "no-correction", "w50")],
+        [("corrected", "core", "w50"), ("uncorrected", "no-correction", "w50")],
     ),
     "width-importance": (
         "F5 width importance after distillation (w50 shape)",
         [
-            ("activation", "width-depth-importance", "w50"),
-            ("magnitude", "width-depth-importance", "w50_mag"),
-            ("random", "width-depth-importance", "w50_rand"),
+            ("activation", "core", "w50"),
+            ("magnitude", "core", "w50_mag"),
+            ("random", "core", "w50_rand"),
         ],
     ),
     "iterative": (
         "F6 one-shot vs iterative to 50% (same total tokens)",
         [
-            ("one-shot w50", "width-depth-importance", "w50"),
-            ("round 1: w75 (75%)", "iterative-1", "w75"),
-            ("round 2: w50 from w75", "iterative-2", "w50"),
+            ("one-shot w50", "core", "w50"),
+            ("round 1: w75 (75%)", "core", "w75"),
+            ("round 2: w50 from w75", "iterative", "w50"),
         ],
     ),
 }
@@ -95,7 +95,7 @@ def main() -> None:
 
 
 def teacher_reference(runs) -> float | None:
-    base = runs.get("width-depth-importance")
+    base = runs.get("core")
     row = base.model("teacher_corrected") if base else None
     return row.number("validation_loss") if row else None
 
@@ -104,7 +104,7 @@ def table(runs) -> list[str]:
     reference = teacher_reference(runs)
     lines = [
         f"Corrected teacher, WikiText-103 validation loss: {fmt(reference)} nats/token "
-        "(width-depth-importance's evaluate stage).",
+        "(core's evaluate stage).",
         "",
         "| finding | student | run | tokens | distill val loss | eval validation | eval test | validation / corrected teacher |",
         "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |",
@@ -117,7 +117,7 @@ def table(runs) -> list[str]:
             val = model.number("validation_loss") if model else None
             test = model.number("test_loss") if model else None
             tokens = stage.get("tokens")
-            ratio = (val or stage.get("final_val_loss"))
+            ratio = val or stage.get("final_val_loss")
             ratio = f"{ratio / reference:.3f}" if ratio and reference else "–"
             lines.append(
                 f"| {title.split(' ')[0]} | {label} | {run} | {tokens if tokens else '–'} | "
@@ -125,7 +125,10 @@ def table(runs) -> list[str]:
             )
     missing = [run for _, rows in FINDINGS.values() for _, run, _ in rows if run not in runs]
     if missing:
-        lines += ["", f"Not in the results (not run, or stopped first): {', '.join(sorted(set(missing)))}"]
+        lines += [
+            "",
+            f"Not in the results (not run, or stopped first): {', '.join(sorted(set(missing)))}",
+        ]
     return lines
 
 
