@@ -25,8 +25,9 @@ Why these packages: linux-doc alone (the kernel's .rst/.txt prose, ~10.4M SmolLM
 ~2.7M in the devicetree .yaml bindings) is short of the 20M tokens the study needs, so other
 Debian documentation packages of the same kind of technical English prose are added: perl-doc
 (the .pod manual), git-doc (the asciidoc .txt manual), postgresql-doc-15 and python-django-doc
-(HTML manuals, turned into text) and debian-handbook (its English HTML edition): together
-~19.3M tokens without the handbook, so the handbook is what passes 20M. Python's own documentation is never used: it is kept for
+(HTML manuals, turned into text), debian-handbook (its English HTML edition),
+debian-reference-en, developers-reference and the GNU Guile manual (guile-3.0-doc, Info):
+19.25M tokens without the last four, which take it past 20M. Python's own documentation is never used: it is kept for
 independent evaluation.
 """
 
@@ -64,6 +65,10 @@ PACKAGES: dict[str, tuple[list[str], str]] = {
     "python-django-doc": (["usr/share/doc/python-django-doc/html/**/*.html"], "html"),
     # the English edition only (the package holds a dozen translations)
     "debian-handbook": (["usr/share/doc/debian-handbook/html/en-US/*.html"], "html"),
+    "debian-reference-en": (["usr/share/debian-reference/*.en.html"], "html"),
+    "developers-reference": (["usr/share/developers-reference/_sources/*.rst.txt"], "text"),
+    # the GNU Guile manual in Info format: text, with control characters between nodes
+    "guile-3.0-doc": (["usr/share/info/guile-3.0/*.info*.gz"], "info"),
 }
 # navigation pages of the HTML manuals: lists of links, no prose
 HTML_SKIP = re.compile(r"(^|/)(genindex|search|py-modindex|bookindex|index)\.html$")
@@ -142,6 +147,8 @@ def documents(package: str, root: Path):
         text = read_text(file)
         if kind == "html":
             text = html_to_text(text)
+        if kind == "info":
+            text = text.replace("\x1f", "").replace("\x7f", "").replace("\x00", "")
         if text.strip():
             yield relative, text
 
