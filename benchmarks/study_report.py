@@ -109,6 +109,15 @@ def table(runs) -> list[str]:
         "| finding | student | run | tokens | distill val loss | eval validation | eval test | validation / corrected teacher |",
         "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
+    base = runs.get("core")
+    for key in ("teacher", "teacher_corrected"):
+        model = base.model(key) if base else None
+        if model is not None:
+            val, test = model.number("validation_loss"), model.number("test_loss")
+            ratio = f"{val / reference:.3f}" if val and reference else "–"
+            lines.append(
+                f"| – | {model.label} | core | – | – | {fmt(val)} | {fmt(test)} | {ratio} |"
+            )
     for _, (title, rows) in FINDINGS.items():
         for label, run, variant in rows:
             data = runs.get(run)
