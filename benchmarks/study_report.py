@@ -74,6 +74,11 @@ def runs_root(results: Path, scratch: Path) -> Path:
     return scratch
 
 
+def params(model) -> str:
+    count = model.number("params_non_embedding") if model else None
+    return "–" if count is None else f"{count / 1e6:.2f}M"
+
+
 def fmt(value, digits: int = 3) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
@@ -106,8 +111,8 @@ def table(runs) -> list[str]:
         f"Corrected teacher, WikiText-103 validation loss: {fmt(reference)} nats/token "
         "(core's evaluate stage).",
         "",
-        "| finding | student | run | tokens | distill val loss | eval validation | eval test | validation / corrected teacher |",
-        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |",
+        "| finding | student | run | non-embedding params | tokens | distill val loss | eval validation | eval test | validation / corrected teacher |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     base = runs.get("core")
     for key in ("teacher", "teacher_corrected"):
@@ -129,7 +134,7 @@ def table(runs) -> list[str]:
             ratio = val or stage.get("final_val_loss")
             ratio = f"{ratio / reference:.3f}" if ratio and reference else "–"
             lines.append(
-                f"| {title.split(' ')[0]} | {label} | {run} | {tokens if tokens else '–'} | "
+                f"| {title.split(' ')[0]} | {label} | {run} | {params(model)} | {tokens if tokens else '–'} | "
                 f"{fmt(stage.get('final_val_loss'))} | {fmt(val)} | {fmt(test)} | {ratio} |"
             )
     missing = [run for _, rows in FINDINGS.values() for _, run, _ in rows if run not in runs]
