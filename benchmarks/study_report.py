@@ -146,6 +146,17 @@ def table(runs) -> list[str]:
     return lines
 
 
+def tokens_per_step(data, variant: str) -> float:
+    stage = data.stage_metrics.get(f"distill-{variant}") or {}
+    steps, tokens = stage.get("steps"), stage.get("tokens")
+    return tokens / steps if steps and tokens else 0.0
+
+
+def tokens_of(data, variant: str) -> float:
+    stage = (data.stage_metrics.get(f"distill-{variant}") if data else None) or {}
+    return (stage.get("tokens") or 0) / 1e6
+
+
 def plot(runs, name: str, title: str, rows, path: Path) -> None:
     import matplotlib
 
@@ -159,13 +170,17 @@ def plot(runs, name: str, title: str, rows, path: Path) -> None:
         curve = data.curve(f"distill-{variant}", "val") if data else None
         if curve is None or not curve.steps:
             continue
-        axis.plot(curve.steps, curve.values, marker=".", label=f"{label} ({run})")
+        per_step = tokens_per_step(data, variant)
+        # round 2 of the iterative pruning continues after round 1's tokens
+        offset = tokens_of(runs.get("core"), "w75") if run == "iterative" else 0
+        xs = [offset + step * per_step / 1e6 for step in curve.steps]
+        axis.plot(xs, curve.values, marker=".", label=f"{label} ({run})")
         drawn += 1
     reference = teacher_reference(runs)
     if reference is not None:
         axis.axhline(reference, color="grey", linestyle="--", label="corrected teacher")
     axis.set_title(title, fontsize=9)
-    axis.set_xlabel("distillation step")
+    axis.set_xlabel("distillation tokens (millions)")
     axis.set_ylabel("validation loss (nats/token)")
     if drawn:
         axis.legend(fontsize=7)
