@@ -255,6 +255,8 @@ def plan_spec(spec, shapes, device: Device, *, checkpointing: bool = False) -> l
         step, variant = stage.step, stage.variant
         if step in ("finetune", "distill", "search-distill"):
             block = spec.finetune if step == "finetune" else spec.distill
+            if step == "distill":
+                block = spec.distill_for(variant)  # a student's own steps count
             if step == "finetune":
                 student, reference = teacher, None
             else:

@@ -391,6 +391,11 @@ def teacher_logits_stage(spec: Spec) -> Stage:
     )
 
 
+def variant_distill_params(spec: Spec, variant: str) -> list[str]:
+    """``prune.<v>.distill`` when the student has settings of its own (absent keys are no params)."""
+    return [f"prune.{variant}.distill"] if getattr(spec.prune[variant], "distill", None) else []
+
+
 def distill_stage(spec: Spec, variant: str) -> Stage:
     assert spec.distill is not None
     name = f"distill@{variant}"
@@ -413,7 +418,13 @@ def distill_stage(spec: Spec, variant: str) -> Stage:
         variant,
         f"Distill the working teacher into the pruned {variant} student",
         deps=[layout.pruned_dir(variant), teacher, layout.TOKENS_DIR],
-        params=[*settings, "data.seq_length", "seed", *TRAINING_RESOURCES],
+        params=[
+            *settings,
+            *variant_distill_params(spec, variant),
+            "data.seq_length",
+            "seed",
+            *TRAINING_RESOURCES,
+        ],
         outs=[Out(layout.student_dir(variant))],
     )
     return with_training_logs(stage)

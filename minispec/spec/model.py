@@ -242,6 +242,19 @@ class DistillSpec(TrainingSpec):
     )
 
 
+class VariantDistill(StrictModel):
+    """Distillation settings of one student that differ from the `distill` block (torch engine):
+    a study compares losses or token budgets as students of one pipeline, which then shares its
+    data, teacher correction and importance passes."""
+
+    loss: LossSpec | None = Field(
+        default=None, description="This student's distillation loss instead of `distill.loss`."
+    )
+    steps: int | None = Field(
+        default=None, ge=1, description="This student's optimizer steps instead of `distill.steps`."
+    )
+
+
 # --------------------------------------------------------------------------------------------
 # pruning
 
@@ -272,6 +285,10 @@ class DepthPrune(StrictModel):
         default=1024,
         ge=1,
         description="Sequences of the train split used to score layers (only with `target_num_layers`).",
+    )
+    distill: VariantDistill | None = Field(
+        default=None,
+        description="Distillation settings of this student that differ from the `distill` block (`loss`, `steps`; torch engine).",
     )
 
 
@@ -309,6 +326,10 @@ class WidthPrune(StrictModel):
         default=1024,
         ge=1,
         description="Sequences of the train split for the activation-importance pass (shared by all width variants).",
+    )
+    distill: VariantDistill | None = Field(
+        default=None,
+        description="Distillation settings of this student that differ from the `distill` block (`loss`, `steps`; torch engine).",
     )
 
 
@@ -675,6 +696,15 @@ class Spec(StrictModel):
         return (
             list(self.distill.students) if self.distill.students is not None else list(self.prune)
         )
+
+    def distill_for(self, variant: str) -> DistillSpec:
+        """The `distill` block with the variant's own `distill` settings applied."""
+        assert self.distill is not None
+        own = getattr(self.prune.get(variant), "distill", None)
+        if own is None:
+            return self.distill
+        update = {k: getattr(own, k) for k in type(own).model_fields if getattr(own, k) is not None}
+        return self.distill.model_copy(update=update)
 
     @property
     def exported(self) -> list[str]:

@@ -481,6 +481,57 @@ def teacher_logits(loaded: LoadedSpec) -> Iterator[Problem]:
         )
 
 
+@rule()
+def variant_distill(loaded: LoadedSpec) -> Iterator[Problem]:
+    """``prune.<v>.distill``: a student's own loss or steps (torch engine, distilled students)."""
+    spec = loaded.spec
+    for name, variant in spec.prune.items():
+        own = getattr(variant, "distill", None)
+        if own is None or not loaded.is_valid("prune"):
+            continue
+        base = ("prune", name, "distill")
+        if spec.engine != "torch":
+            yield loaded.locate(
+                base,
+                f"a student's own distillation settings are supported by the torch engine only (engine: {spec.engine})",
+                hint="remove it and use the distill block, or use engine: torch",
+            )
+            continue
+        if name not in spec.students:
+            yield loaded.locate(
+                base,
+                f"'{name}' is not distilled, so its distill settings are never used",
+                hint=f"add it to distill.students (or add a distill block), or remove prune.{name}.distill",
+            )
+            continue
+        if own.steps is not None:
+            settings = spec.distill_for(name)
+            if settings.warmup_steps >= own.steps:
+                yield loaded.locate(
+                    base + ("steps",),
+                    f"steps {own.steps} must be more than distill.warmup_steps {settings.warmup_steps}",
+                )
+            if settings.val_interval > own.steps:
+                yield loaded.locate(
+                    base + ("steps",),
+                    f"steps {own.steps} is below distill.val_interval {settings.val_interval}",
+                    hint=f"validate at most every {own.steps} steps, or give this student more steps",
+                )
+        if spec.distill.teacher_logits is not None:
+            if own.steps is not None and own.steps > spec.distill.steps:
+                yield loaded.locate(
+                    base + ("steps",),
+                    f"steps {own.steps} exceeds distill.steps {spec.distill.steps}, the windows the cached teacher logits cover",
+                    hint="raise distill.steps, or lower this student's steps",
+                )
+            if own.loss is not None and own.loss.intermediate:
+                yield loaded.locate(
+                    base + ("loss", "intermediate"),
+                    "intermediate losses need the teacher's hidden states, which distill.teacher_logits does not keep",
+                    hint="remove it, or remove distill.teacher_logits",
+                )
+
+
 def student_layers(variant: Any, teacher_layers: int | None) -> int | None:
     """Decoder layers of a pruned student, when they can be known."""
     if isinstance(variant, DepthPrune):

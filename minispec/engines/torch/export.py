@@ -137,7 +137,7 @@ def build_provenance(spec, variant: str, model, training: dict | None) -> dict:
     if training is not None and spec.distill is not None:
         distill = {
             **training,
-            "loss": spec.distill.loss.model_dump(mode="json", exclude_defaults=False),
+            "loss": spec.distill_for(variant).loss.model_dump(mode="json", exclude_defaults=False),
         }
     return {
         "name": f"{spec.name}-{variant}",

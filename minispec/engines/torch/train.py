@@ -153,12 +153,14 @@ def default_checkpoint_interval(steps: int, val_interval: int) -> int:
 
 def config_from_spec(spec: Spec, section: str, stage: str, device: torch.device) -> TrainConfig:
     block: TrainingSpec = getattr(spec, section)
+    if section == "distill" and "@" in stage:  # a student's own settings (prune.<v>.distill)
+        block = spec.distill_for(stage.split("@", 1)[1])
     precision = spec.resources.precision
     if precision == "auto":
         precision = "bf16" if device.type == "cuda" else "fp32"
     loss = None
     if section == "distill":
-        spec_loss = spec.distill.loss
+        spec_loss = block.loss
         loss = LossConfig(
             kind=spec_loss.kind,
             temperature=spec_loss.temperature,
