@@ -199,8 +199,11 @@ def magnitude_scores(model: PreTrainedModel) -> WidthScores:
         hidden_sq += sq(attn.o_proj.weight, 1) + sq(
             mlp.down_proj.weight, 1
         )  # writers: [H, *] -> [H]
+    # scores live on the host, as activation and random scores do: the plan indexes with them
+    # into weights wherever those are (a GPU run failed with a device mismatch before)
+    host = lambda scores: [s.float().cpu() for s in scores]  # noqa: E731
     return WidthScores(
-        ffn=ffn, heads=heads, groups=groups, hidden=hidden_sq.sqrt().to(torch.float32)
+        ffn=host(ffn), heads=host(heads), groups=host(groups), hidden=hidden_sq.sqrt().float().cpu()
     )
 
 

@@ -327,3 +327,12 @@ def test_magnitude_scores_see_the_weights(tiny_llama):
     assert [
         s.shape[0] for s in (scores.ffn[0], scores.heads[0], scores.groups[0], scores.hidden)
     ] == [128, 4, 2, 64]
+
+
+def test_magnitude_scores_are_float32_host_tensors_like_the_other_importances(tiny_llama):
+    """The plan indexes the weights with them wherever the weights live (a bf16 model on a GPU
+    gave GPU scores, and pruning failed with a device mismatch)."""
+    model = tiny_llama("llama").to(torch.bfloat16)
+    scores = magnitude_scores(model)
+    every = [*scores.ffn, *scores.heads, *scores.groups, scores.hidden]
+    assert {(s.device.type, s.dtype) for s in every} == {("cpu", torch.float32)}
