@@ -16,7 +16,6 @@ from pathlib import Path
 
 TEMPLATE = Path(__file__).resolve().parent / "vendor" / "vega" / "dvc-plots.html"
 INSTALLED_NAME = "minispec-plots.html"  # under .dvc/, where DVC resolves a relative template
-CONFIG_KEY = "plots.html_template"
 # `html_template = VALUE` inside the [plots] section of .dvc/config (DVC writes this INI form)
 _SECTION = re.compile(r"^\s*\[plots\]\s*$(?P<body>(?:\n(?!\s*\[).*)*)", re.MULTILINE)
 _TEMPLATE_LINE = re.compile(r"^\s*html_template\s*=\s*(?P<value>.+?)\s*$", re.MULTILINE)

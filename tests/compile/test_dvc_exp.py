@@ -168,3 +168,8 @@ def test_metrics_show_diff_and_exp_show_fit_a_120_column_terminal(repo):
     workspace = next(row for row in rows if row.split()[0] == "workspace")
     summary = read_json(root / layout.SUMMARY_METRICS)
     assert f"{summary['depth']['params']}" in workspace[:end]
+    # the README's headline-only view fits as it is, without a pager
+    keep = "Experiment|Created|.*\\.(loss|params)$"
+    headline = dvc_view(root, "exp", "show", "--no-pager", "--drop", ".*", "--keep", keep)
+    assert widest(headline) <= TERMINAL and "…" not in headline, headline
+    assert all(name in headline for name in HEADLINE)

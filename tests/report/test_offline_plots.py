@@ -136,3 +136,10 @@ def draw_with_node(page: str, specs: list[dict], tmp_path) -> list[str]:
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads((tmp_path / "svgs.json").read_text(encoding="utf-8"))
+
+
+def test_this_repositorys_dvc_config_points_at_the_packaged_template():
+    """Plain `dvc plots show` at the repository's root (the quickstart's dvc.yaml) draws offline."""
+    root = TEMPLATE.parents[3]
+    configured = configured_template(root / ".dvc")
+    assert configured is not None and (root / ".dvc" / configured).resolve() == TEMPLATE
