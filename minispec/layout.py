@@ -84,7 +84,8 @@ def metrics_path(stage: str) -> str:
 # ``minispec.summary``): the working teacher's validation loss and each final model's validation
 # loss and size, so that `dvc metrics show`, `dvc metrics diff` and the first screen of
 # `dvc exp show` fit a 120-column terminal. Every other numbers file under metrics/ is a plain
-# output (cached, versioned, read by the report and bundles), not a DVC metric.
+# output (uncached, versioned with the project, read by the report, cards and bundles; still
+# `dvc metrics show PATH` by name), not a DVC metric.
 SUMMARY_METRICS = f"{METRICS_DIR}/summary.json"
 
 
