@@ -116,7 +116,8 @@ def split_metrics(data: dict, settings: frozenset[str] = frozenset()) -> tuple[d
 def write_metrics(
     root: str | os.PathLike[str], stage: str, data: dict, settings: frozenset[str] = frozenset()
 ) -> None:
-    """Write a stage's record as ``layout.metrics_path`` (numbers only, a DVC metric) and
+    """Write a stage's record as ``layout.metrics_path`` (numbers only: `dvc metrics show PATH`
+    reads it, though only ``layout.SUMMARY_METRICS`` is declared a DVC metric) and
     ``layout.info_path`` (settings and provenance, not a metric); the info file first, so a
     metrics file never exists without its explanation."""
     from minispec import layout

@@ -80,6 +80,15 @@ def metrics_path(stage: str) -> str:
     return f"{METRICS_DIR}/{stage.replace('@', '-')}.json"
 
 
+# The one file the compiled dvc.yaml declares as a DVC metric (written by the evaluate stage,
+# ``minispec.summary``): the working teacher's validation loss and each final model's validation
+# loss and size, so that `dvc metrics show`, `dvc metrics diff` and the first screen of
+# `dvc exp show` fit a 120-column terminal. Every other numbers file under metrics/ is a plain
+# output (uncached, versioned with the project, read by the report, cards and bundles; still
+# `dvc metrics show PATH` by name), not a DVC metric.
+SUMMARY_METRICS = f"{METRICS_DIR}/summary.json"
+
+
 def info_path(stage: str) -> str:
     """Settings and provenance of a stage's metrics (strings, sizes that repeat params, sample
     texts): beside the metrics but not a DVC metric, so ``dvc metrics show`` holds numbers only

@@ -32,6 +32,7 @@ from minispec.compile import CompiledPipeline, compile_pipeline, drift, write_pi
 from minispec.compile.graph import TRAINING_STEPS, Stage, owner_of, upstream_closure
 from minispec.console import StageOutput
 from minispec.errors import PipelineError
+from minispec.offline_plots import ensure_offline_plots
 from minispec.runlock import holding_run_lock
 from minispec.shell import join as shell_join
 from minispec.spec.load import LoadedSpec
@@ -237,8 +238,9 @@ def run(
         echo(line)
     for path in write_pipeline(compiled):
         echo(f"compiled {path}")
-    ensure_repo(compiled.out_dir, echo)
+    repo = ensure_repo(compiled.out_dir, echo)
     ensure_gitignore(compiled.out_dir)
+    ensure_offline_plots(repo, echo)
     monitor = ReproMonitor(
         compiled.out_dir, total=len(selected), echo=echo, output=StageOutput.for_console(verbose)
     )

@@ -99,6 +99,16 @@ def test_metrics_files_hold_numbers_only(real_run):
     info = read_json(real_run.root / layout.info_path("evaluate"))
     assert info["settings"]["speed_repeats"] == 2 and info["teacher"]["samples"][0]["completion"]
     assert "global_batch_size" not in read_json(real_run.root / layout.metrics_path("finetune"))
+    # the one DVC metric: the working (corrected) teacher's and each student's validation loss
+    # as evaluate measured them, and the students' sizes
+    summary = read_json(real_run.root / layout.SUMMARY_METRICS)
+    evaluation = read_json(real_run.root / layout.metrics_path("evaluate"))
+    assert summary.pop("teacher") == {"loss": evaluation["teacher_corrected"]["validation_loss"]}
+    assert summary == {
+        v: {"loss": m["validation_loss"], "params": m["params_total"]}
+        for v, m in evaluation["students"].items()
+    }
+    assert sorted(summary) == sorted(STUDENTS)
 
 
 def test_harness_scores_every_model_on_the_local_task(real_run_copy):

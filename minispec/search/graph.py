@@ -44,8 +44,11 @@ def score_stage(spec, variant: str) -> Stage:
         f"Enumerate the architectures of search {variant} within its budget, score each right after pruning, keep the top_k",
         deps=[layout.working_teacher_dir(spec), layout.TOKENS_DIR, layout.IMPORTANCE_DIR],
         params=[*scoring_params(spec, variant), "data.seq_length", "seed", *MODEL_LOADING],
-        outs=[Out(layout.search_dir(variant)), Out(layout.info_path(name), cache=False)],
-        metrics=[Out(layout.metrics_path(name), cache=False)],
+        outs=[
+            Out(layout.search_dir(variant)),
+            Out(layout.info_path(name), cache=False),
+            Out(layout.metrics_path(name), cache=False),  # not a DVC metric: minispec.summary
+        ],
     )
 
 
@@ -72,8 +75,11 @@ def slot_prune_stage(spec, variant: str, key: str) -> Stage:
             layout.search_dir(variant),
         ],
         params=[f"prune.{variant}.calibration_samples", "data.seq_length", "seed", *MODEL_LOADING],
-        outs=[Out(layout.search_pruned_dir(key)), Out(layout.info_path(name), cache=False)],
-        metrics=[Out(layout.metrics_path(name), cache=False)],
+        outs=[
+            Out(layout.search_pruned_dir(key)),
+            Out(layout.info_path(name), cache=False),
+            Out(layout.metrics_path(name), cache=False),
+        ],
     )
 
 
@@ -121,6 +127,10 @@ def rank_stage(spec, variant: str) -> Stage:
         f"Rank the candidates of search {variant} after their short distillation; the winner becomes the variant",
         deps=deps,
         params=[f"prune.{variant}.top_k", f"prune.{variant}.short_distill"],
-        outs=[Out(layout.pruned_dir(variant)), Out(layout.info_path(name), cache=False)],
-        metrics=[Out(layout.metrics_path(name), cache=False)],
+        # the same outputs as a plain prune variant's (one foreach group holds both)
+        outs=[
+            Out(layout.pruned_dir(variant)),
+            Out(layout.info_path(name), cache=False),
+            Out(layout.metrics_path(name), cache=False),
+        ],
     )

@@ -105,3 +105,71 @@ def test_exp_apply_of_an_earlier_experiment_leaves_nothing_to_do(repo):
     # one run's TensorBoard events in the restored log directory, not two
     events = list((root / layout.tensorboard_dir("distill@depth")).rglob("events.out.tfevents*"))
     assert len(events) == 1, events
+
+
+# ---- what DVC's own views show, in a 120-column terminal ------------------------------------
+
+TERMINAL = 120
+HEADLINE = ["teacher.loss", "depth.loss", "depth.params", "width.loss", "width.params"]
+
+
+def dvc_view(root, *args: str):
+    """``dvc ARGS`` as a user's 120-column terminal would run it (COLUMNS is what DVC and rich
+    read; not a TTY, so `dvc exp show` prints the whole table its pager would scroll through)."""
+    import sys
+
+    from real_pipeline import tool_env
+
+    env = {**tool_env(), "COLUMNS": str(TERMINAL)}
+    done = subprocess.run(
+        [sys.executable, "-m", "dvc", *args], cwd=root, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def widest(text: str) -> int:
+    return max((len(line.rstrip()) for line in text.splitlines()), default=0)
+
+
+def test_metrics_show_diff_and_exp_show_fit_a_120_column_terminal(repo):
+    """The headline (metrics/summary.json) is the one DVC metric: `dvc metrics show` and
+    `dvc metrics diff` fit 120 columns; `dvc exp show` puts the experiment and every headline
+    metric, whole, in its first 120 columns (the params and dependency hashes DVC adds after
+    them are what its pager scrolls to)."""
+    root = repo
+    shown = dvc_view(root, "metrics", "show")
+    assert widest(shown) <= TERMINAL, shown
+    header, row = shown.splitlines()[:2]
+    assert header.split() == ["Path", *sorted(HEADLINE)]  # DVC sorts the columns
+    assert row.split()[0] == layout.SUMMARY_METRICS and "…" not in shown
+
+    dvc(root, "exp", "save")  # an experiment row with one of DVC's generated names
+    # a new evaluation setting: evaluate reruns and the losses change
+    from real_pipeline import run_pipeline, stages_run
+
+    done = run_pipeline(root, "evaluate.max_windows=4")
+    assert sorted(stages_run(done.stdout)) == ["evaluate", "report"]
+    diff = dvc_view(root, "metrics", "diff")
+    assert widest(diff) <= TERMINAL, diff
+    changed = {line.split()[1] for line in diff.splitlines()[1:] if line.strip()}
+    assert {"teacher.loss", "depth.loss", "width.loss"} <= changed, diff
+
+    table = dvc_view(root, "exp", "show")
+    lines = [line for line in table.splitlines() if line.strip() and set(line.strip()) != {"─"}]
+    header = lines[0]
+    assert header.split()[:2] == ["Experiment", "Created"]
+    end = max(header.index(name) + len(name) for name in HEADLINE)
+    assert end <= TERMINAL, header[:200]
+    rows = lines[1:]
+    assert len(rows) == 3 and any("[" in row for row in rows)  # workspace, master, the saved one
+    for row in rows:
+        assert "…" not in row[:end], row[:end]
+    workspace = next(row for row in rows if row.split()[0] == "workspace")
+    summary = read_json(root / layout.SUMMARY_METRICS)
+    assert f"{summary['depth']['params']}" in workspace[:end]
+    # the README's headline-only view fits as it is, without a pager
+    keep = "Experiment|Created|.*\\.(loss|params)$"
+    headline = dvc_view(root, "exp", "show", "--no-pager", "--drop", ".*", "--keep", keep)
+    assert widest(headline) <= TERMINAL and "…" not in headline, headline
+    assert all(name in headline for name in HEADLINE)

@@ -44,9 +44,10 @@ def test_quickstart_deps_params_outs(tmp_path):
     assert s["finetune"].outs == [
         Out("models/teacher-corrected"),
         Out("logs/finetune", cache=True, persist=True),  # cached: `dvc exp apply` restores it
+        Out("metrics/finetune.json", cache=False),  # an output, not a DVC metric
         Out("metrics/info/finetune.json", cache=False),  # settings beside the numbers
     ]
-    assert s["finetune"].metrics == [Out("metrics/finetune.json", cache=False)]
+    assert s["finetune"].metrics == []  # the headline (evaluate's) is the one DVC metric
     assert s["finetune"].plots == [
         Plot("logs/finetune/plots/metrics/train/loss.tsv", "step", "loss"),
         Plot("logs/finetune/plots/metrics/val/loss.tsv", "step", "loss"),
@@ -68,8 +69,9 @@ def test_quickstart_deps_params_outs(tmp_path):
     assert s["prune@depth"].outs == [
         Out("models/pruned/depth"),
         Out("metrics/info/prune-depth.json", cache=False),
+        Out("metrics/prune-depth.json", cache=False),
     ]
-    assert s["prune@depth"].metrics == [Out("metrics/prune-depth.json", cache=False)]
+    assert s["prune@depth"].metrics == []
     assert set(s["distill@width"].deps) == {
         "models/pruned/width",
         "models/teacher-corrected",
@@ -85,7 +87,12 @@ def test_quickstart_deps_params_outs(tmp_path):
         "models/teacher", "models/teacher-corrected", "models/students/depth", "models/students/width", "data/tokens",
     }  # fmt: skip
     assert "evaluate" in s["evaluate"].params
-    assert s["evaluate"].metrics == [Out("metrics/evaluate.json", cache=False)]
+    assert s["evaluate"].metrics == [Out("metrics/summary.json", cache=False)]
+    assert Out("metrics/evaluate.json", cache=False) in s["evaluate"].outs
+    metrics = [m.path for stage in s.values() for m in stage.metrics]
+    assert metrics == [
+        layout.SUMMARY_METRICS
+    ]  # one small file: `dvc metrics show` fits 120 columns
     assert (
         "metrics/evaluate.json" in s["report"].deps
         and "logs/distill-width/plots/metrics/val/loss.tsv" in s["report"].deps
@@ -111,7 +118,7 @@ def test_every_declared_param_key_exists_in_params(tmp_path):
 def test_paths_come_from_layout(tmp_path):
     spec, s = graph(tmp_path)
     assert s["distill@depth"].deps[0] == layout.pruned_dir("depth")
-    assert layout.metrics_path("distill@depth") in [m.path for m in s["distill@depth"].metrics]
+    assert layout.metrics_path("distill@depth") in [o.path for o in s["distill@depth"].outs]
     assert layout.log_dir("distill@depth") in [o.path for o in s["distill@depth"].outs]
     assert layout.final_model_dir(spec, "width") in s["export@width"].deps
 

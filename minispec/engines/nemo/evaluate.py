@@ -25,6 +25,7 @@ from pathlib import Path
 from minispec import layout
 from minispec.errors import StageError
 from minispec.fsio import write_metrics, write_text_atomic
+from minispec.summary import write_summary
 
 MIRROR = f"{layout.CHECKPOINTS_DIR}/evaluate/hf-mirror"  # scratch pipeline directory with HF models
 MEASURES = ("params_total", "params_non_embedding", "tokens_per_second", "latency_seconds")
@@ -69,6 +70,7 @@ def run_nemo2(
             layout.metrics_path("evaluate"),
             layout.info_path("evaluate"),
             layout.EVALUATE_TABLE,
+            layout.SUMMARY_METRICS,
         )
         for produced in produced_files:
             if (mirror / produced).is_file():
@@ -114,6 +116,7 @@ def run_legacy(spec, root: Path) -> dict:
         result["teacher_corrected"] = _from_training(root, "finetune")
     result["students"] = {v: _from_training(root, f"distill@{v}") for v in spec.students}
     write_metrics(root, "evaluate", result)
+    write_summary(root, result)
     write_text_atomic(root / layout.EVALUATE_TABLE, _table(result))
     return result
 

@@ -21,7 +21,8 @@ For each model (``metrics/evaluate.json``, the format ``layout.py`` documents):
 - ``harness``: with ``evaluate.harness``, lm-evaluation-harness scores ``{task: {metric:
   value}}`` of the loaded model (:mod:`harness`).
 
-Numbers go to ``metrics/evaluate.json`` (a DVC metric); paths, samples, settings and lm-eval's
+Numbers go to ``metrics/evaluate.json`` (an output: the headline of them, ``layout.SUMMARY_METRICS``
+is the DVC metric, :mod:`minispec.summary`); paths, samples, settings and lm-eval's
 provenance to ``layout.info_path("evaluate")`` (``fsio.write_metrics``).
 
 Models run in the working dtype (``teacher.dtype``: fp32 on CPU, bf16 on GPU) on one device; a
@@ -218,6 +219,7 @@ def run(spec: Spec, variant: str | None, root: Path) -> None:
 
     from minispec.engines.torch.modeling import resolve_device, resolve_dtype
     from minispec.fsio import write_json_atomic, write_metrics, write_text_atomic
+    from minispec.summary import write_summary
 
     if int(os.environ.get("RANK", "0")) != 0:
         return  # evaluation runs on one device; other torchrun ranks have nothing to do
@@ -257,6 +259,7 @@ def run(spec: Spec, variant: str | None, root: Path) -> None:
     # numbers to metrics/evaluate.json; paths, samples, settings and lm-eval's provenance
     # (task versions, shots, sample counts) to the info file beside it
     write_metrics(root, "evaluate", results, settings=INFO_KEYS)
+    write_summary(root, results)  # the headline, the pipeline's one DVC metric
     if spec.evaluate.harness is not None:
         write_json_atomic(root / layout.HARNESS_SCORES, harness_scores(results))
     write_text_atomic(root / layout.EVALUATE_TABLE, markdown_table(results))

@@ -170,10 +170,13 @@ def model_card(p: dict, path: str) -> str:
     if p["distill"]:
         front.append("- distilled")
     base_model = p.get("base_model") or (teacher.repo if teacher.kind == "hub" else None)
+    note = p.get("base_model_note")  # a GGUF teacher's: where base_model came from, or why none
     if base_model:
         front.append(f"base_model: {base_model}")
+        if note:
+            front.append(f"# base_model: {note}")
     else:
-        front.append(f"# base_model: not recorded by the teacher ({p['teacher']})")
+        front += [f"# {line}" for line in _base_model_missing(p["teacher"], note)]
     license_ = p.get("license")
     front.append(f"license: {license_ or 'unknown'}")
     if not license_:
@@ -197,6 +200,7 @@ def model_card(p: dict, path: str) -> str:
             teacher_text
             + (" (corrected by fine-tuning on the data first)" if p["teacher_corrected"] else ""),
         ),
+        ("Base model on the Hub", _base_model_row(base_model, note)),
         ("Data", f"`{p['data']}`"),
         ("Spec", f"`{p['spec']}`, sha256 `{p['spec_sha256']}`"),
         ("Prune variant", f"`{p['variant']}`: {settings}"),
@@ -248,6 +252,20 @@ Derived from the teacher's weights: the teacher's license and terms apply
 ({f"`{p['license']}`, as the teacher states" if p.get("license") else "not stated by the teacher; check its terms"}).
 """
     return "\n".join(front) + "\n" + body
+
+
+def _base_model_missing(teacher: str, note: str | None) -> list[str]:
+    """The card's front matter says why it has no ``base_model`` (YAML comments, wrapped)."""
+    import textwrap
+
+    why = note or "the teacher records no Hub repository"
+    return textwrap.wrap(f"base_model: none: teacher {teacher}: {why}.", 96)
+
+
+def _base_model_row(base_model: str | None, note: str | None) -> str:
+    if base_model:
+        return f"`{base_model}`" + (f" ({note})" if note else "")
+    return f"none: {note or 'the teacher records no Hub repository'}"
 
 
 def _distill_text(distill: dict | None) -> str:

@@ -191,6 +191,9 @@ def test_legacy_evaluation_reports_nemo_validation_losses(tmp_path, load_tutoria
     assert written["students"]["width"]["validation_loss"] is None  # its distillation has not run
     assert written["teacher"]["params_total"] is None and written["teacher"]["test_loss"] is None
     assert "| student depth | 2.5000 | 12.18 |" in (tmp_path / layout.EVALUATE_TABLE).read_text()
+    # the headline DVC metric: what was measured, nothing for the student not yet distilled
+    summary = json.loads((tmp_path / layout.SUMMARY_METRICS).read_text())
+    assert summary == {"teacher": {"loss": 1.5}, "depth": {"loss": 2.5}}
 
 
 def test_nemo2_evaluation_mirrors_the_layout(tmp_path, load_tutorial):
