@@ -30,7 +30,7 @@ import torch
 from minispec import layout
 from minispec.engines.torch.calibration import windows_loss
 from minispec.engines.torch.modeling import count_parameters, load_model
-from minispec.engines.torch.stages import run_stage
+from minispec.stage import run_stage
 from minispec.engines.torch.windows import TokenWindows
 
 SEQ_LENGTH = 256

@@ -14,7 +14,7 @@ from real_pipeline import NAME, TRAINING_STAGES
 
 from minispec import layout
 from minispec.cli import cli
-from minispec.engines.torch.stages import load_params, run_stage
+from minispec.stage import load_params, run_stage
 from minispec.report import build_report
 from minispec.report.collect import read_dvclive_tsv
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from minispec.engines.torch import export
-from minispec.engines.torch.stages import load_params, run_stage
+from minispec.stage import load_params, run_stage
 from minispec.errors import StageError
 
 DEPTH = {"kind": "depth", "drop_layers": [2, 3]}

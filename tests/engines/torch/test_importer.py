@@ -12,7 +12,7 @@ import torch
 from click.testing import CliRunner
 
 from minispec.cli import cli
-from minispec.engines.torch.stages import run_stage
+from minispec.stage import run_stage
 from minispec.errors import StageError
 
 SMOLLM2_PARAMETERS = 134_515_008  # 134.5M, /work/shared/README.md

@@ -14,7 +14,7 @@ import train_support as ts
 from minispec import layout
 from minispec.engines.torch import checkpointing
 from minispec.engines.torch.distributed import DistContext
-from minispec.engines.torch.stages import run_stage
+from minispec.stage import run_stage
 from minispec.engines.torch.train import (
     BatchPlan,
     LossConfig,

@@ -14,7 +14,7 @@ from minispec.errors import NotBuiltError, StageError
 
 # stage name → "module:function"; each function is ``run(spec, variant, root) -> None``.
 STEPS: dict[str, str] = {
-    "data": "minispec.engines.torch.data:run",
+    "data": "minispec.data:run",
     "tokenize": "minispec.engines.torch.tokenize:run",
     "import": "minispec.engines.torch.importer:run",
     "finetune": "minispec.engines.torch.train:run_finetune",

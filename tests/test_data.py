@@ -13,8 +13,8 @@ import pytest
 from click.testing import CliRunner
 
 from minispec.cli import cli
-from minispec.engines.torch import data
-from minispec.engines.torch.stages import run_stage
+from minispec import data
+from minispec.stage import run_stage
 from minispec.errors import StageError
 
 
