@@ -29,12 +29,13 @@ from typing import IO, Any
 
 from minispec import layout
 from minispec.compile import CompiledPipeline, compile_pipeline, drift, write_pipeline
-from minispec.compile.graph import TRAINING_STEPS, Stage, owner_of, upstream_closure
+from minispec.compile.graph import owner_of, upstream_closure
 from minispec.console import StageOutput
 from minispec.errors import PipelineError
 from minispec.runlock import holding_run_lock
 from minispec.shell import join as shell_join
 from minispec.spec.load import LoadedSpec
+from minispec.steps import TRAINING_STEPS, Stage
 
 Echo = Callable[[str], None]
 

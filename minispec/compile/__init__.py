@@ -23,13 +23,14 @@ from minispec.compile.dvc import (
     render_yaml,
     with_header,
 )
-from minispec.compile.graph import Stage, attach_commands, build_graph
+from minispec.compile.graph import attach_commands, build_graph
 from minispec.engines.nemo.shapes import teacher_paths_relative_to
 from minispec.errors import CompileError
 from minispec.report.dvcplots import dvc_plots
 from minispec.sources import parse_source
 from minispec.spec.load import PATH_FIELDS, LoadedSpec
 from minispec.spec.model import Spec
+from minispec.steps import Stage
 
 
 @dataclass

@@ -103,3 +103,12 @@ def teacher_shapes(source_text: str, base: Path | None = None) -> TeacherShapes 
         return from_hf_config(json.loads(config.read_text(encoding="utf-8")))
     except (KeyError, TypeError, ValueError):
         return None
+
+
+def lint_shapes(loaded) -> TeacherShapes | None:
+    """The teacher's shapes for lint rules, or None (an unparsable source is reported by the
+    spec's teacher_source rule)."""
+    try:
+        return teacher_shapes(loaded.spec.teacher.source)
+    except Exception:
+        return None

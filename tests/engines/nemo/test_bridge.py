@@ -304,9 +304,9 @@ def test_prune_metrics_of_a_bridge_student(bridge_pipeline):
 
     from minispec.engines.nemo.bridge_runtime import write_prune_metrics
     from minispec.engines.torch.modeling import save_model
-    from minispec.stage import load_params
     from minispec.engines.torch.surgery import model_dims
     from minispec.engines.torch.width import WidthTargets, prune_width, random_scores
+    from minispec.stage import load_params
 
     root, teacher = bridge_pipeline
     spec = base_spec({"narrow": {"kind": "width", "target_ffn_hidden_size": 64}})
