@@ -33,6 +33,8 @@ class Engine(Protocol):
     NAME: str
     # the steps (minispec.steps) it runs; the compiler leaves the others out of the graph
     STEPS: frozenset[str]
+    # the prune kinds (spec.model's `kind` union) it can run; lint refuses the others
+    PRUNE_KINDS: frozenset[str]
     # tensor/pipeline parallelism and several nodes
     MODEL_PARALLEL: bool
     # prunes attention heads and query groups together (a target equal to the teacher's

@@ -1,12 +1,13 @@
 """The compression spec: pydantic models, the single source of truth.
 
 The JSON Schema (``minispec schema``, ``schemas/minispec.schema.json``), the linter and the
-compiler are all derived from these classes. The user-facing names are a contract
-(``DESIGN.md``): add fields, never rename them. Every field carries a description, which flows
-into the schema and from there into editors.
+compiler are all derived from these classes. The user-facing names are a contract (the spec
+as the README shows it): add fields, never rename them. Every field carries a description,
+which flows into the schema and from there into editors.
 
 Only types, ranges and closed choices live here; rules that relate several fields (or the
-teacher's shapes) are in :mod:`minispec.spec.lint`, where every problem gets a location.
+teacher's shapes) are in :mod:`minispec.spec.rules` (and each engine's ``LINT_RULES``, see
+:mod:`minispec.engines`), run by :mod:`minispec.spec.lint`, where every problem gets a location.
 """
 
 from __future__ import annotations
@@ -406,6 +407,14 @@ class SearchPrune(StrictModel):
 
 
 PruneVariant = Annotated[DepthPrune | WidthPrune | SearchPrune, Field(discriminator="kind")]
+
+
+def prune_kinds() -> tuple[str, ...]:
+    """Every prune ``kind`` the spec admits (the discriminated union above)."""
+    from typing import get_args
+
+    union = get_args(PruneVariant)[0]
+    return tuple(get_args(model.model_fields["kind"].annotation)[0] for model in get_args(union))
 
 
 # --------------------------------------------------------------------------------------------

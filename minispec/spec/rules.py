@@ -331,6 +331,21 @@ def _head_grouping(
         )
 
 
+@rule("engine")
+def prune_kinds(loaded: LoadedSpec) -> Iterator[Problem]:
+    """A prune kind the spec's engine cannot run (each engine lists its PRUNE_KINDS)."""
+    engine = engine_of(loaded)
+    for name, variant in loaded.spec.prune.items():
+        if variant.kind in engine.PRUNE_KINDS:
+            continue
+        others = [n for n in ENGINE_NAMES if variant.kind in get_engine(n).PRUNE_KINDS]
+        yield loaded.locate(
+            ("prune", name, "kind"),
+            f"the {loaded.spec.engine} engine has no prune kind '{variant.kind}'",
+            hint=f"use engine: {' or '.join(others)}, or kind: {' or '.join(sorted(engine.PRUNE_KINDS))}",
+        )
+
+
 @rule()
 def variant_names(loaded: LoadedSpec) -> Iterator[Problem]:
     """Variant names become directory names: two that differ only in case collide on macOS and

@@ -9,6 +9,8 @@ from minispec.engines.nemo.lint import ENGINE_RULES
 
 NAME = "nemo"
 STEPS = frozenset(STEPS_WITHOUT_VARIANT | STEPS_WITH_VARIANT)
+# `search` is refused by the spec's search rule, which says why (no search step here)
+PRUNE_KINDS = frozenset({"depth", "width", "search"})
 MODEL_PARALLEL = True  # tensor/pipeline parallelism, several nodes
 HEADS_WITH_GROUPS = True  # NeMo prunes heads and query groups together
 SHAPE_CHECKS: tuple[str, ...] = ()
