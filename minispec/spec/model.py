@@ -16,6 +16,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
+from minispec.engines import ENGINE_NAMES
+
 SCHEMA_ID = "https://minispec.dev/schemas/minispec.schema.json"
 SPEC_VERSION = 1
 
@@ -622,7 +624,7 @@ class Spec(StrictModel):
     name: str = Field(
         pattern=NAME_PATTERN, description="Name of the run (used in model cards and bundles)."
     )
-    engine: Literal["torch", "nemo"] = Field(
+    engine: Literal[ENGINE_NAMES] = Field(  # the registered engines (minispec.engines)
         default="torch",
         description="`torch`: embedded engine (CPU, one GPU, several GPUs via torchrun); `nemo`: NeMo Framework scripts on GPU clusters.",
     )
