@@ -10,7 +10,11 @@ through properties of the same object.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 
@@ -166,3 +170,22 @@ KNOWN_HUB_SHAPES: dict[str, ModelShapes] = {
     "meta-llama/Meta-Llama-3.1-8B": _LLAMA31_8B,
     "meta-llama/Meta-Llama-3.1-8B-Instruct": _LLAMA31_8B,
 }
+
+
+# the pipeline directory that relative teacher paths in a compiled spec are relative to (set
+# by the compiler), so a command restating the teacher's shapes does not depend on the cwd
+_PIPELINE_DIR: ContextVar[Path | None] = ContextVar("minispec_pipeline_dir", default=None)
+
+
+@contextlib.contextmanager
+def teacher_paths_relative_to(directory: Path) -> Iterator[None]:
+    token = _PIPELINE_DIR.set(Path(directory))
+    try:
+        yield
+    finally:
+        _PIPELINE_DIR.reset(token)
+
+
+def compiled_pipeline_dir() -> Path | None:
+    """The directory a compiled spec's relative teacher path is relative to, while compiling."""
+    return _PIPELINE_DIR.get()

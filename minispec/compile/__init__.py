@@ -24,9 +24,9 @@ from minispec.compile.dvc import (
     with_header,
 )
 from minispec.compile.graph import attach_commands, build_graph, owner_of, upstream_closure
-from minispec.engines.nemo.shapes import teacher_paths_relative_to
 from minispec.errors import CompileError, PipelineError
 from minispec.report.dvcplots import dvc_plots
+from minispec.shapes import teacher_paths_relative_to
 from minispec.sources import parse_source
 from minispec.spec.load import PATH_FIELDS, LoadedSpec
 from minispec.spec.model import Spec

@@ -8,29 +8,12 @@ does, because ``megatron_gpt_pretraining.py`` builds the model from its YAML con
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-from collections.abc import Iterator
-from contextvars import ContextVar
 from pathlib import Path
 
-from minispec.shapes import KNOWN_HUB_SHAPES, ModelShapes
+from minispec.shapes import KNOWN_HUB_SHAPES, ModelShapes, compiled_pipeline_dir
 from minispec.sources import parse_source
-
-# the pipeline directory that relative teacher paths in a compiled spec are relative to (set
-# by the compiler), so a command restating the teacher's shapes does not depend on the cwd
-_PIPELINE_DIR: ContextVar[Path | None] = ContextVar("minispec_pipeline_dir", default=None)
-
-
-@contextlib.contextmanager
-def teacher_paths_relative_to(directory: Path) -> Iterator[None]:
-    token = _PIPELINE_DIR.set(Path(directory))
-    try:
-        yield
-    finally:
-        _PIPELINE_DIR.reset(token)
-
 
 TeacherShapes = ModelShapes  # the one shape model; the nemo engine reads Megatron's names
 
@@ -62,7 +45,7 @@ def teacher_shapes(source_text: str, base: Path | None = None) -> TeacherShapes 
     if source.kind != "local" or source.is_gguf:
         return None
     path = Path(source.path)
-    base = base if base is not None else _PIPELINE_DIR.get()
+    base = base if base is not None else compiled_pipeline_dir()
     if not path.is_absolute() and base is not None:
         path = Path(os.path.normpath(base / path))  # '../x' of a directory not created yet
     config = path / "config.json"
