@@ -30,8 +30,8 @@ import torch
 from minispec import layout
 from minispec.engines.torch.calibration import windows_loss
 from minispec.engines.torch.modeling import count_parameters, load_model
-from minispec.engines.torch.stages import run_stage
 from minispec.engines.torch.windows import TokenWindows
+from minispec.stage import run_stage
 
 SEQ_LENGTH = 256
 # The quickstart's width target is hidden 576 -> 384, ffn 1536 -> 1024 with 9 heads kept, but

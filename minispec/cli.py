@@ -366,9 +366,23 @@ def stage(name: str, variant: str | None, params_file: str) -> None:
     code = run_in_server(name, sys.argv[1:])  # within `minispec run`: a fork of a warm process
     if code is not None:
         sys.exit(code)
-    from minispec.engines.torch.stages import run_stage
+    from minispec.stage import run_stage
 
     run_stage(name, variant, Path.cwd(), params_file)
+
+
+@cli.command("stage-server", hidden=True)
+@click.argument("socket_path", type=click.Path(path_type=Path))
+@click.argument("owner", type=int)
+def stage_server_command(socket_path: Path, owner: int) -> None:
+    """The warm process of `minispec run` (started by its first torch stage): forks one child per `minispec stage`."""
+    from minispec.engines.torch.warm import serve
+
+    def run_cli(argv: list[str]) -> int:
+        cli.main(args=argv, prog_name="minispec", standalone_mode=True)
+        return 0
+
+    serve(socket_path, owner, run_cli)
 
 
 # --------------------------------------------------------------------------------------------
@@ -397,7 +411,7 @@ def nemo_logs(stage_name: str, params_file: str, flavor: str) -> None:
     """Turn NeMo's TensorBoard events of STAGE (finetune, distill@VARIANT) into loss curves and metrics."""
     from minispec.engines.nemo.bridge_runtime import BRIDGE_TAGS
     from minispec.engines.nemo.logs import NEMO_TAGS, convert_stage
-    from minispec.engines.torch.stages import load_params
+    from minispec.stage import load_params
 
     spec = load_params(Path.cwd(), params_file)
     schedule = spec.finetune if stage_name == "finetune" else spec.distill
@@ -446,7 +460,7 @@ def nemo_publish(flavor: str, source: Path, target: Path) -> None:
 def nemo_kd_config(output: Path, params_file: str) -> None:
     """Write the NeMo 2 knowledge-distillation config (gpt_train.py --kd_config) from distill.loss."""
     from minispec.engines.nemo.kd import write_kd_config
-    from minispec.engines.torch.stages import load_params
+    from minispec.stage import load_params
 
     write_kd_config(load_params(Path.cwd(), params_file), output)
     click.echo(f"wrote {output}")
@@ -459,7 +473,7 @@ def nemo_kd_config(output: Path, params_file: str) -> None:
 def nemo_bridge_prune_metrics(variant: str, params_file: str) -> None:
     """Flavor bridge: sizes and validation loss of the student prune_minitron.py wrote for VARIANT."""
     from minispec.engines.nemo.bridge_runtime import write_prune_metrics
-    from minispec.engines.torch.stages import load_params
+    from minispec.stage import load_params
 
     metrics = write_prune_metrics(load_params(Path.cwd(), params_file), variant, Path.cwd())
     click.echo(json.dumps(metrics, indent=2))
@@ -471,7 +485,7 @@ def nemo_bridge_prune_metrics(variant: str, params_file: str) -> None:
 def nemo_evaluate_logs(params_file: str) -> None:
     """Evaluation of flavor legacy: the validation losses NeMo measured while training."""
     from minispec.engines.nemo.evaluate import run_legacy
-    from minispec.engines.torch.stages import load_params
+    from minispec.stage import load_params
 
     run_legacy(load_params(Path.cwd(), params_file), Path.cwd())
 

@@ -10,8 +10,8 @@ DVC does the bookkeeping (what changed, what is cached, dvc.lock); minispec driv
   ``dvc.lock`` as it goes, so a rerun resumes after them.
 * :func:`status` asks ``dvc status --json`` and ``dvc.lock`` about every stage.
 
-DVC is imported by nobody here: it runs as ``python -m dvc`` of the interpreter that runs
-minispec, so the two always come from the same environment.
+DVC is imported by nobody here: :mod:`minispec.dvcdriver` runs it as ``python -m dvc`` of the
+interpreter that runs minispec, so the two always come from the same environment.
 """
 
 from __future__ import annotations
@@ -28,14 +28,21 @@ from pathlib import Path
 from typing import IO, Any
 
 from minispec import layout
-from minispec.compile import CompiledPipeline, compile_pipeline, drift, write_pipeline
-from minispec.compile.graph import TRAINING_STEPS, Stage, owner_of, upstream_closure
+from minispec.compile import (
+    CompiledPipeline,
+    compile_pipeline,
+    drift,
+    is_training_stage,
+    write_pipeline,
+)
 from minispec.console import StageOutput
+from minispec.dvcdriver import dvc_argv, dvc_env, run_dvc, tool_path
 from minispec.errors import PipelineError
 from minispec.offline_plots import ensure_offline_plots
 from minispec.runlock import holding_run_lock
 from minispec.shell import join as shell_join
 from minispec.spec.load import LoadedSpec
+from minispec.steps import Stage
 
 Echo = Callable[[str], None]
 
@@ -56,39 +63,7 @@ DVC_NOISE = re.compile(
 
 
 # --------------------------------------------------------------------------------------------
-# DVC itself
-
-
-def dvc_argv() -> list[str]:
-    """How to call DVC: the ``dvc`` module of this interpreter; a clear error when it is missing."""
-    try:
-        import dvc  # noqa: F401  (light: dvc/__init__.py imports nothing heavy)
-    except ImportError:
-        raise PipelineError(
-            "DVC is not installed in this environment, and minispec runs pipelines with it",
-            hint=f"install it into the same environment: {sys.executable} -m pip install 'dvc>=3.50'",
-        ) from None
-    return [sys.executable, "-m", "dvc"]
-
-
-def dvc_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONUNBUFFERED"] = "1"  # stage output and DVC's messages arrive in order, line by line
-    env["PATH"] = tool_path(env.get("PATH", ""))
-    return env
-
-
-def tool_path(path: str) -> str:
-    """``PATH`` with this interpreter's scripts directory first: stage commands (``minispec
-    stage ...``, ``torchrun``) come from the environment that runs minispec and DVC, also when
-    it is called as ``.venv/bin/minispec`` without the venv on PATH."""
-    scripts = str(Path(sys.executable).parent)
-    parts = [p for p in path.split(os.pathsep) if p and p != scripts]
-    return os.pathsep.join([scripts, *parts])
-
-
-def run_dvc(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(dvc_argv() + args, cwd=cwd, env=dvc_env(), capture_output=True, text=True)
+# DVC itself (how it is called: minispec.dvcdriver)
 
 
 def find_up(start: Path, name: str, want_dir: bool = True) -> Path | None:
@@ -194,14 +169,7 @@ def check_tools(compiled: CompiledPipeline, stages: list[Stage]) -> None:
 
 def select_stages(compiled: CompiledPipeline, stage: str | None) -> list[Stage]:
     """Every stage, or ``stage`` and what it needs, in graph order."""
-    if stage is None:
-        return list(compiled.stages)
-    names = [s.name for s in compiled.stages]
-    if stage not in names:
-        raise PipelineError(
-            f"no stage '{stage}' in this pipeline", hint=f"stages: {', '.join(names)}"
-        )
-    return upstream_closure(compiled.stages, [stage])
+    return compiled.select(stage)
 
 
 def dry_run(compiled: CompiledPipeline, stage: str | None, echo: Echo) -> None:
@@ -254,7 +222,7 @@ def run(
         if stage is not None and force:
             # `dvc repro -f X` would force everything X needs too: bring those up to date
             # normally, then force X alone.
-            parents = direct_upstream(compiled.stages, stage)
+            parents = compiled.direct_upstream(stage)
             if parents:
                 repro(compiled.out_dir, parents, monitor, env=server_env)
             repro(compiled.out_dir, [stage], monitor, force=True, single_item=True, env=server_env)
@@ -300,17 +268,10 @@ def leaf_differences(old: Any, new: Any, prefix: str = "") -> list[tuple[str, An
     return [] if old == new else [(prefix.rstrip("."), old, new)]
 
 
-def direct_upstream(stages: list[Stage], name: str) -> list[str]:
-    producer = {out.path: s.name for s in stages for out in s.outs + s.metrics}
-    by_name = {s.name: s for s in stages}
-    owners = {owner_of(dep, producer) for dep in by_name[name].deps}
-    return [s.name for s in stages if s.name in owners]
-
-
 def discard_checkpoints(out_dir: Path, names: list[str], echo: Echo) -> None:
     """A forced rerun starts training afresh: a checkpoint would make it resume (or skip) instead."""
     for name in names:
-        if name.split("@")[0] not in TRAINING_STEPS:
+        if not is_training_stage(name):
             continue
         path = out_dir / layout.checkpoint_dir(name)
         if path.exists():
@@ -570,9 +531,7 @@ def status(loaded: LoadedSpec, out_dir: Path) -> PipelineStatus:
         elif details:
             state = "changed"
         else:
-            upstream = [
-                s.name for s in upstream_closure(compiled.stages, [stage.name]) if s.name in dirty
-            ]
+            upstream = [s.name for s in compiled.upstream([stage.name]) if s.name in dirty]
             state = "stale" if upstream else "up to date"
             if upstream:
                 details = [f"upstream {', '.join(upstream)} will re-run first"]

@@ -103,7 +103,7 @@ def smollm2_teacher_dir(tmp_path_factory, smollm2_gguf) -> Path:
     """The real SmolLM2-135M GGUF imported once by the import stage: a plain HF directory (float32)."""
     import json
 
-    from minispec.engines.torch.stages import run_stage
+    from minispec.stage import run_stage
 
     root = tmp_path_factory.mktemp("smollm2-import")
     spec = {

@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,6 +28,7 @@ from minispec.bundle import dvchash, trust
 from minispec.bundle.archive import BundleError, safe_extract
 from minispec.bundle.create import LOCK_FILE, PIPELINE, PIPELINE_FILES
 from minispec.bundle.verify import verify_bundle
+from minispec.dvcdriver import dvc_argv, dvc_env
 from minispec.errors import PipelineError
 
 TIMING = re.compile(r"(per_second|seconds|latency|throughput|duration|elapsed|(^|_)time$)")
@@ -39,12 +38,10 @@ PROVENANCE = re.compile(r"^resumed_from")
 
 
 def run_pipeline(workspace: Path) -> None:
-    """Run the whole pipeline in ``workspace``: ``dvc repro --force`` (no run-cache shortcuts).
-
-    One place to switch to ``minispec.pipeline`` once the pipeline runner exists.
-    """
+    """Run the whole pipeline in ``workspace``: ``dvc repro --force`` (no run-cache shortcuts),
+    with the DVC of this environment (:mod:`minispec.dvcdriver`, as ``minispec run``)."""
     done = subprocess.run(
-        [_dvc_executable(), "repro", "--force"], cwd=workspace, env=_stage_env(), check=False
+        [*dvc_argv(), "repro", "--force"], cwd=workspace, env=dvc_env(offline=True), check=False
     )
     if done.returncode != 0:
         raise PipelineError(
@@ -53,29 +50,11 @@ def run_pipeline(workspace: Path) -> None:
         )
 
 
-def _dvc_executable() -> str:
-    beside = Path(sys.executable).with_name("dvc")  # the dvc of this environment first
-    found = str(beside) if beside.exists() else shutil.which("dvc")
-    if not found:
-        raise PipelineError(
-            "dvc not found", hint="install minispec's dependencies (pip install dvc)"
-        )
-    return found
-
-
-def _stage_env() -> dict[str, str]:
-    """Stage commands (``minispec stage ...``, ``python ...``) find this environment's tools."""
-    env = dict(os.environ)
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    env.setdefault("DVC_NO_ANALYTICS", "1")  # reproductions run offline
-    return env
-
-
 def init_dvc(workspace: Path) -> None:
     done = subprocess.run(
-        [_dvc_executable(), "init", "--no-scm", "-q"],
+        [*dvc_argv(), "init", "--no-scm", "-q"],
         cwd=workspace,
-        env=_stage_env(),
+        env=dvc_env(offline=True),
         capture_output=True,
         text=True,
         check=False,

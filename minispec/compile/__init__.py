@@ -23,13 +23,14 @@ from minispec.compile.dvc import (
     render_yaml,
     with_header,
 )
-from minispec.compile.graph import Stage, attach_commands, build_graph
-from minispec.engines.nemo.shapes import teacher_paths_relative_to
-from minispec.errors import CompileError
+from minispec.compile.graph import attach_commands, build_graph, owner_of, upstream_closure
+from minispec.errors import CompileError, PipelineError
 from minispec.report.dvcplots import dvc_plots
+from minispec.shapes import teacher_paths_relative_to
 from minispec.sources import parse_source
 from minispec.spec.load import PATH_FIELDS, LoadedSpec
 from minispec.spec.model import Spec
+from minispec.steps import BY_NAME, Stage, step_of
 
 
 @dataclass
@@ -46,6 +47,36 @@ class CompiledPipeline:
             self.out_dir / layout.PARAMS_FILE: self.params_yaml,
             self.out_dir / layout.DVC_FILE: self.dvc_yaml,
         }
+
+    # what the runner asks of the pipeline (it never reads the graph's internals)
+
+    def upstream(self, names: list[str]) -> list[Stage]:
+        """``names`` and every stage they need, in graph order (what ``dvc repro NAME`` considers)."""
+        return upstream_closure(self.stages, names)
+
+    def select(self, stage: str | None) -> list[Stage]:
+        """Every stage, or ``stage`` and what it needs, in graph order."""
+        if stage is None:
+            return list(self.stages)
+        names = [s.name for s in self.stages]
+        if stage not in names:
+            raise PipelineError(
+                f"no stage '{stage}' in this pipeline", hint=f"stages: {', '.join(names)}"
+            )
+        return self.upstream([stage])
+
+    def direct_upstream(self, name: str) -> list[str]:
+        """The stages whose outputs ``name`` reads, in graph order."""
+        producer = {out.path: s.name for s in self.stages for out in s.outs + s.metrics}
+        by_name = {s.name: s for s in self.stages}
+        owners = {owner_of(dep, producer) for dep in by_name[name].deps}
+        return [s.name for s in self.stages if s.name in owners]
+
+
+def is_training_stage(name: str) -> bool:
+    """A stage of a training step (the step table's ``trains``): it keeps resumable checkpoints."""
+    step = BY_NAME.get(step_of(name))
+    return step is not None and step.trains
 
 
 def compile_pipeline(loaded: LoadedSpec, out_dir: str | os.PathLike[str]) -> CompiledPipeline:

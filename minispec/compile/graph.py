@@ -33,82 +33,26 @@ from __future__ import annotations
 
 import re
 import string
-from dataclasses import dataclass, field
 
 from minispec import layout
+from minispec.engines import get_engine
 from minispec.errors import CompileError
-from minispec.shell import Command, is_command
+from minispec.shell import is_command
 from minispec.sources import parse_source
 from minispec.spec.model import NAME_PATTERN, SearchPrune, Spec, WidthPrune
-
-STEPS = (
-    "data",
-    "import",
-    "tokenize",
-    "finetune",
-    "importance",
-    "search",
-    "search-prune",
-    "search-distill",
-    "prune",
-    "teacher_logits",
-    "distill",
-    "evaluate",
-    "report",
-    "export",
+from minispec.steps import (
+    MODEL_LOADING,
+    STEPS,
+    TRAINING_RESOURCES,
+    Out,
+    Stage,
+    resolve,
+    with_training_logs,
 )
-VARIANT_STEPS = ("search", "search-prune", "search-distill", "prune", "distill", "export")
-TRAINING_STEPS = ("finetune", "search-distill", "distill")
 
 # DVC's own rule for stage names (dvc.stage.INVALID_STAGENAME_CHARS; a test keeps them equal).
 # '@' joins a foreach group and its key, so it is excluded as well.
 DVC_INVALID_STAGENAME_CHARS = frozenset(string.punctuation) - {"_", "-"}
-
-# Settings that change numbers (device kind, autocast precision) for stages that run models.
-# what a training stage reads besides its own block: devices and strategy change the numerics
-# (data-parallel reductions), precision the arithmetic
-TRAINING_RESOURCES = (
-    "resources.accelerator",
-    "resources.devices",
-    "resources.precision",
-    "resources.strategy",
-    "teacher.trust_remote_code",
-)
-# what loading the working teacher reads (device, dtype, remote code)
-MODEL_LOADING = ("resources.accelerator", "teacher.dtype", "teacher.trust_remote_code")
-
-
-@dataclass(frozen=True)
-class Out:
-    """A declared output. ``cache=False`` keeps it out of DVC's cache (metrics, logs, checkpoints);
-    ``persist=True`` stops DVC from deleting it before the stage re-runs (resumable state)."""
-
-    path: str
-    cache: bool = True
-    persist: bool = False
-
-
-@dataclass(frozen=True)
-class Plot:
-    """A per-step curve (a TSV written by the stage) to draw with ``dvc plots``."""
-
-    path: str
-    x: str = "step"
-    y: str = "loss"
-
-
-@dataclass
-class Stage:
-    name: str  # DVC stage name: "data", "prune@width", ...
-    step: str  # one of STEPS
-    variant: str | None
-    desc: str
-    deps: list[str] = field(default_factory=list)
-    params: list[str] = field(default_factory=list)  # dotted params.yaml keys
-    outs: list[Out] = field(default_factory=list)
-    metrics: list[Out] = field(default_factory=list)
-    plots: list[Plot] = field(default_factory=list)
-    cmd: list[Command] = field(default_factory=list)  # argv lists, run in order
 
 
 # --------------------------------------------------------------------------------------------
@@ -116,21 +60,14 @@ class Stage:
 
 
 def build_graph(spec: Spec) -> list[Stage]:
-    """Every stage of ``spec`` in dependency order, without commands (see :func:`attach_commands`)."""
+    """Every stage of ``spec`` in dependency order, without commands (see :func:`attach_commands`):
+    the stages of each step of the step table that the spec's engine runs, in table order."""
     check_variant_names(list(spec.prune))
-    stages = [data_stage(spec), import_stage(spec), tokenize_stage(spec)]
-    if spec.finetune is not None:
-        stages.append(finetune_stage(spec))
-    if has_importance_stage(spec):
-        stages.append(importance_stage(spec))
-    stages += search_stages(spec)  # kind: search variants (minispec.search)
-    stages += [prune_stage(spec, v) for v in spec.prune]
-    if has_teacher_logits_stage(spec):
-        stages.append(teacher_logits_stage(spec))
-    stages += [distill_stage(spec, v) for v in spec.students]
-    stages.append(evaluate_stage(spec))
-    stages.append(report_stage(spec))
-    stages += [export_stage(spec, v) for v in spec.exported]
+    engine = get_engine(spec.engine)
+    stages: list[Stage] = []
+    for step in STEPS:
+        if step.stages is not None and step.name in engine.STEPS:
+            stages += resolve(step.stages)(spec)
     check_sources_outside_outputs(spec, stages)
     return stages
 
@@ -164,34 +101,15 @@ def check_sources_outside_outputs(spec: Spec, stages: list[Stage]) -> None:
 
 def attach_commands(spec: Spec, stages: list[Stage]) -> list[Stage]:
     """Fill each stage's ``cmd`` with the commands of ``spec.engine``."""
-    if spec.engine == "torch":
-        from minispec.engines.torch.commands import stage_commands
-    else:
-        stage_commands = nemo_stage_commands()
+    engine = get_engine(spec.engine)
     for stage in stages:
-        commands = stage_commands(spec, stage)
+        commands = engine.stage_commands(spec, stage)
         if not commands or not all(is_command(argv) for argv in commands):
             raise CompileError(
                 f"the {spec.engine} engine gave no valid command for stage '{stage.name}' (got {commands!r})"
             )
         stage.cmd = [list(argv) for argv in commands]
     return stages
-
-
-def nemo_stage_commands():
-    """The nemo engine's command builder, imported only for ``engine: nemo``."""
-    from minispec.errors import NotBuiltError
-
-    try:
-        from minispec.engines.nemo.commands import stage_commands
-    except ModuleNotFoundError as exc:
-        if exc.name and exc.name.startswith("minispec"):
-            raise NotBuiltError(
-                "the nemo engine cannot compile stages yet (minispec/engines/nemo/commands.py is missing)",
-                hint="use `engine: torch` for now, or install a minispec with the nemo engine",
-            ) from None
-        raise
-    return stage_commands
 
 
 def check_variant_names(names: list[str]) -> None:
@@ -241,7 +159,7 @@ def activation_variants(spec: Spec) -> list[str]:
 def has_importance_stage(spec: Spec) -> bool:
     """The torch engine scores activations once for every width variant; NeMo's gpt_prune.py
     runs its own calibration pass inside each prune stage."""
-    return spec.engine == "torch" and bool(activation_variants(spec))
+    return "importance" in get_engine(spec.engine).STEPS and bool(activation_variants(spec))
 
 
 def training_stage_name(spec: Spec, variant: str) -> str:
@@ -362,7 +280,7 @@ def prune_stage(spec: Spec, variant: str) -> Stage:
 def has_teacher_logits_stage(spec: Spec) -> bool:
     """Offline distillation: the torch engine caches the teacher's logits once for every student."""
     return (
-        spec.engine == "torch"
+        "teacher_logits" in get_engine(spec.engine).STEPS
         and spec.distill is not None
         and spec.distill.teacher_logits is not None
         and bool(spec.students)
@@ -501,13 +419,52 @@ def export_stage(spec: Spec, variant: str) -> Stage:
     )
 
 
-def search_stages(spec: Spec) -> list[Stage]:
-    """search@<v>, then search-prune@<v>-<i> and search-distill@<v>-<i> for each candidate slot."""
-    if not spec.search_variants:
-        return []
-    from minispec.search.graph import search_stages as build
+# --------------------------------------------------------------------------------------------
+# the builders the step table names: (spec) -> list[Stage]
 
-    return build(spec)
+
+def data_stages(spec: Spec) -> list[Stage]:
+    return [data_stage(spec)]
+
+
+def import_stages(spec: Spec) -> list[Stage]:
+    return [import_stage(spec)]
+
+
+def tokenize_stages(spec: Spec) -> list[Stage]:
+    return [tokenize_stage(spec)]
+
+
+def finetune_stages(spec: Spec) -> list[Stage]:
+    return [finetune_stage(spec)] if spec.finetune is not None else []
+
+
+def importance_stages(spec: Spec) -> list[Stage]:
+    return [importance_stage(spec)] if has_importance_stage(spec) else []
+
+
+def prune_stages(spec: Spec) -> list[Stage]:
+    return [prune_stage(spec, v) for v in spec.prune]
+
+
+def teacher_logits_stages(spec: Spec) -> list[Stage]:
+    return [teacher_logits_stage(spec)] if has_teacher_logits_stage(spec) else []
+
+
+def distill_stages(spec: Spec) -> list[Stage]:
+    return [distill_stage(spec, v) for v in spec.students]
+
+
+def evaluate_stages(spec: Spec) -> list[Stage]:
+    return [evaluate_stage(spec)]
+
+
+def report_stages(spec: Spec) -> list[Stage]:
+    return [report_stage(spec)]
+
+
+def export_stages(spec: Spec) -> list[Stage]:
+    return [export_stage(spec, v) for v in spec.exported]
 
 
 # --------------------------------------------------------------------------------------------
@@ -517,24 +474,6 @@ def search_stages(spec: Spec) -> list[Stage]:
 def training_stage_names(spec: Spec) -> list[str]:
     names = ["finetune"] if spec.finetune is not None else []
     return names + [f"distill@{v}" for v in spec.students]
-
-
-def with_training_logs(stage: Stage) -> Stage:
-    """Logs survive a kill (persist) and are cached, so that `dvc exp apply` and `dvc checkout`
-    restore the curves and events of the run they belong to (DVC replaces the directory: no
-    event file of another run stays behind). Checkpoints (``layout.checkpoint_dir``) are no
-    DVC output: resumable training state that the stage manages itself (it resumes from it or
-    clears it), large, git-ignored; as an uncached output nothing could restore it and every
-    `dvc exp apply` would leave the stage "changed". Metrics and curves are small, for git; the
-    metrics file is an output, not a DVC metric (``layout.SUMMARY_METRICS`` is the one metric)."""
-    stage.outs += [Out(layout.log_dir(stage.name), cache=True, persist=True)]
-    stage.outs.append(Out(layout.metrics_path(stage.name), cache=False))
-    stage.outs.append(Out(layout.info_path(stage.name), cache=False))
-    stage.plots += [
-        Plot(layout.train_curve_path(stage.name)),
-        Plot(layout.val_curve_path(stage.name)),
-    ]
-    return stage
 
 
 def local_sources(text: str | None) -> list[str]:

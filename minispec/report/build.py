@@ -8,6 +8,7 @@ old report survives a failed rebuild.
 from __future__ import annotations
 
 import json
+import posixpath
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -18,6 +19,18 @@ from minispec.report.document import build_blocks, model_records, render_html, r
 from minispec.report.plots import FigureInfo, draw_all
 
 
+def _in_report(path: str) -> str:
+    """A ``layout.REPORT_*`` path relative to the report directory (which may be elsewhere)."""
+    return posixpath.relpath(path, layout.REPORT_DIR)
+
+
+MARKDOWN = _in_report(layout.REPORT_MARKDOWN)  # report.md
+HTML = _in_report(layout.REPORT_HTML)  # report.html
+PLOTS = _in_report(layout.REPORT_PLOTS_DIR)  # plots/
+DATA = _in_report(layout.REPORT_DATA_DIR)  # data/
+MODELS_RECORDS = _in_report(layout.report_models_path())  # data/models.json
+
+
 @dataclass
 class Report:
     out_dir: Path
@@ -26,11 +39,11 @@ class Report:
 
     @property
     def markdown(self) -> Path:
-        return self.out_dir / "report.md"
+        return self.out_dir / MARKDOWN
 
     @property
     def html(self) -> Path:
-        return self.out_dir / "report.html"
+        return self.out_dir / HTML
 
 
 def build_report(root: Path, out_dir: Path | None = None, spec=None) -> Report:
@@ -40,30 +53,30 @@ def build_report(root: Path, out_dir: Path | None = None, spec=None) -> Report:
     data = collect(root, spec)
     require_something(data)
     with atomic_dir(out_dir) as tmp:
-        figures = draw_all(data, tmp / "plots")
+        figures = draw_all(data, tmp / PLOTS)
         _write_json(
-            tmp / "plots" / "plots.json", {f.name: {**asdict(f), "file": f.file} for f in figures}
+            tmp / PLOTS / "plots.json", {f.name: {**asdict(f), "file": f.file} for f in figures}
         )
         write_data_files(data, tmp)
         blocks = build_blocks(data, figures)
-        (tmp / "report.md").write_text(render_markdown(blocks), encoding="utf-8")
-        (tmp / "report.html").write_text(render_html(blocks, tmp / "plots"), encoding="utf-8")
+        (tmp / MARKDOWN).write_text(render_markdown(blocks), encoding="utf-8")
+        (tmp / HTML).write_text(render_html(blocks, tmp / PLOTS), encoding="utf-8")
         tmp.chmod(0o755)  # a temp dir is created private; a report is meant to be read
     return Report(out_dir, data, figures)
 
 
 def write_data_files(data: RunData, out_dir: Path) -> None:
     """JSON records behind the model chart and the depth figures (sources of DVC plots)."""
-    data_dir = out_dir / "data"
+    data_dir = out_dir / DATA
     data_dir.mkdir(parents=True, exist_ok=True)
-    _write_json(data_dir / "models.json", model_records(data))
+    _write_json(out_dir / MODELS_RECORDS, model_records(data))
     for variant, scores in sorted(data.depth.items()):
         dropped = set(scores.dropped_layers)
         records = [
             {"layer": i + 1, "score": s, "dropped": i + 1 in dropped}
             for i, s in enumerate(scores.per_layer)
         ]
-        _write_json(data_dir / f"depth-{variant}.json", records)
+        _write_json(out_dir / _in_report(layout.report_depth_scores_path(variant)), records)
 
 
 def _write_json(path: Path, value) -> None:
@@ -77,7 +90,7 @@ def report_directory(root: Path, out_dir: Path | None = None) -> Report:
     root = Path(root)
     spec = None
     if (root / layout.PARAMS_FILE).is_file():
-        from minispec.engines.torch.stages import load_params
+        from minispec.stage import load_params
 
         spec = load_params(root)
     return build_report(root, out_dir, spec)

@@ -10,10 +10,10 @@ from __future__ import annotations
 import base64
 import html
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from minispec.report.blocks import Block
 from minispec.report.collect import ModelRow, RunData, sort_stages, stage_label
 from minispec.report.plots import FigureInfo
 
@@ -26,16 +26,6 @@ TRAINING_COLUMNS = (
     ("final_train_loss", "final train loss", "loss"),
     ("tokens_per_second", "tokens/s", "speed"),
 )
-
-
-@dataclass
-class Block:
-    kind: str  # h1 | h2 | h3 | p | table | figure | list
-    text: str = ""
-    header: tuple[str, ...] = ()
-    rows: tuple[tuple[str, ...], ...] = ()
-    figure: FigureInfo | None = None
-    items: tuple[str, ...] = ()
 
 
 # ---- numbers --------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ not run again.
 from __future__ import annotations
 
 from minispec import layout
-from minispec.compile.graph import (
+from minispec.steps import (
     MODEL_LOADING,
     TRAINING_RESOURCES,
     Out,

@@ -26,7 +26,7 @@ HEADER = (
 
 def search_blocks(data) -> list:
     from minispec.fsio import merge_records
-    from minispec.report.document import Block
+    from minispec.report.blocks import Block
 
     blocks = []
     stage_info = getattr(data, "stage_info", {})

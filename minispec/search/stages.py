@@ -139,8 +139,7 @@ def run_search(spec, variant: str | None, root: Path) -> None:
         windows_loss,
     )
     from minispec.engines.torch.depth import score_layers
-    from minispec.engines.torch.modeling import count_parameters
-    from minispec.engines.torch.prune import load_teacher, read_teacher_config
+    from minispec.engines.torch.modeling import count_parameters, load_teacher, read_teacher_config
 
     settings = search_settings(spec, variant)
     where = f"prune.{variant}"
@@ -225,7 +224,7 @@ def run_search(spec, variant: str | None, root: Path) -> None:
 def run_search_prune(spec, key: str | None, root: Path) -> None:
     from minispec.engines.torch import modeling
     from minispec.engines.torch.calibration import validation_windows, windows_loss
-    from minispec.engines.torch.prune import load_teacher, read_teacher_config
+    from minispec.engines.torch.modeling import load_teacher, read_teacher_config
 
     variant, slot = layout.parse_search_slot(key)
     settings = search_settings(spec, variant)
@@ -288,7 +287,7 @@ def short_distill_spec(spec, settings):
 def run_search_distill(spec, key: str | None, root: Path) -> None:
     from minispec.engines.torch import modeling
     from minispec.engines.torch.calibration import validation_windows, windows_loss
-    from minispec.engines.torch.train import run_training
+    from minispec.engines.torch.train_stage import run_training
 
     variant, slot = layout.parse_search_slot(key)
     settings = search_settings(spec, variant)
@@ -315,7 +314,7 @@ def run_search_distill(spec, key: str | None, root: Path) -> None:
     )
     windows, indices = validation_windows(root, spec.data.seq_length)
     loss = windows_loss(model, windows, indices, device)
-    from minispec.engines.torch.train import TRAINING_SETTINGS
+    from minispec.engines.torch.train_stage import TRAINING_SETTINGS
 
     if not (root / layout.metrics_path(stage)).is_file():
         raise StageError(

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from minispec.errors import Problem, SpecError
+from minispec.errors import Problem
 from minispec.spec.load import LoadedSpec, load_spec_partial
 
 
@@ -56,12 +56,3 @@ def semantic_problems(loaded: LoadedSpec) -> list[Problem]:
 def sort_problems(problems: list[Problem], shown: str) -> list[Problem]:
     """Overrides (and file-level problems) first, then in reading order; stable otherwise."""
     return sorted(problems, key=lambda p: (p.file == shown, p.line or 0, p.col or 0))
-
-
-def load_valid_spec(file: str | Path, overrides: tuple[str, ...] | list[str] = ()) -> LoadedSpec:
-    """Load a spec and raise :class:`SpecError` unless it is clean (warnings are allowed)."""
-    result = lint_file(file, overrides)
-    if not result.ok:
-        raise SpecError(result.problems)
-    assert result.loaded is not None
-    return result.loaded

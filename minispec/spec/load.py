@@ -34,13 +34,13 @@ from pathlib import Path
 from typing import Any
 
 from minispec.errors import Problem, SpecError, format_key_path
+from minispec.spec.messages import KeyPath, explain
 from minispec.spec.model import Spec
 
 MAX_SPEC_BYTES = 1024 * 1024  # a spec is a few KiB; anything near this is not a spec
 MAX_NODES = 100_000  # values after alias expansion: stops "billion laughs" documents
 MAX_FLOW_DEPTH = 64  # [[[...]]] nesting; a spec needs 3
 Position = tuple[int, int]  # 1-based line, column
-KeyPath = tuple[str | int, ...]
 
 # Spec fields that may hold local paths (rebased as described in the module docstring).
 PATH_FIELDS: tuple[KeyPath, ...] = (
@@ -654,7 +654,6 @@ def validation_problems(
     overrides: list[Override],
 ) -> list[Problem]:
     """pydantic errors → located problems with messages that say how to fix them."""
-    from minispec.spec.messages import explain
 
     problems = []
     seen = set()
@@ -691,10 +690,3 @@ def data_path(loc: tuple[Any, ...], raw: Any) -> KeyPath:
             path.append(part)  # a missing or unknown key: point at it by name
             node = None
     return tuple(path)
-
-
-def did_you_mean(word: str, choices: list[str]) -> str | None:
-    import difflib
-
-    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
-    return f"did you mean '{close[0]}'?" if close else None

@@ -12,7 +12,7 @@ import datetime
 import re
 from typing import Any, get_args
 
-from minispec.spec.load import KeyPath, did_you_mean
+KeyPath = tuple[str | int, ...]  # a location in a spec: ("prune", "width", "target_hidden_size")
 
 # Hints for fields whose fix is not obvious from the message alone ('*': any variant name).
 DROP_LAYERS_HINT = "list the 1-indexed layers to drop (the first is 1), or use target_num_layers"
@@ -313,3 +313,10 @@ def _num(value: Any) -> str:
 
 def _lower_first(text: str) -> str:
     return text[:1].lower() + text[1:]
+
+
+def did_you_mean(word: str, choices: list[str]) -> str | None:
+    import difflib
+
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return f"did you mean '{close[0]}'?" if close else None

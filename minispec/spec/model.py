@@ -1,12 +1,13 @@
 """The compression spec: pydantic models, the single source of truth.
 
 The JSON Schema (``minispec schema``, ``schemas/minispec.schema.json``), the linter and the
-compiler are all derived from these classes. The user-facing names are a contract
-(``DESIGN.md``): add fields, never rename them. Every field carries a description, which flows
-into the schema and from there into editors.
+compiler are all derived from these classes. The user-facing names are a contract (the spec
+as the README shows it): add fields, never rename them. Every field carries a description,
+which flows into the schema and from there into editors.
 
 Only types, ranges and closed choices live here; rules that relate several fields (or the
-teacher's shapes) are in :mod:`minispec.spec.lint`, where every problem gets a location.
+teacher's shapes) are in :mod:`minispec.spec.rules` (and each engine's ``LINT_RULES``, see
+:mod:`minispec.engines`), run by :mod:`minispec.spec.lint`, where every problem gets a location.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+from minispec.engines import ENGINE_NAMES
 
 SCHEMA_ID = "https://minispec.dev/schemas/minispec.schema.json"
 SPEC_VERSION = 1
@@ -429,6 +432,14 @@ class SearchPrune(StrictModel):
 PruneVariant = Annotated[DepthPrune | WidthPrune | SearchPrune, Field(discriminator="kind")]
 
 
+def prune_kinds() -> tuple[str, ...]:
+    """Every prune ``kind`` the spec admits (the discriminated union above)."""
+    from typing import get_args
+
+    union = get_args(PruneVariant)[0]
+    return tuple(get_args(model.model_fields["kind"].annotation)[0] for model in get_args(union))
+
+
 # --------------------------------------------------------------------------------------------
 # evaluation, export, resources, nemo
 
@@ -634,7 +645,7 @@ class Spec(StrictModel):
     name: str = Field(
         pattern=NAME_PATTERN, description="Name of the run (used in model cards and bundles)."
     )
-    engine: Literal["torch", "nemo"] = Field(
+    engine: Literal[ENGINE_NAMES] = Field(  # the registered engines (minispec.engines)
         default="torch",
         description="`torch`: embedded engine (CPU, one GPU, several GPUs via torchrun); `nemo`: NeMo Framework scripts on GPU clusters.",
     )

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from minispec.engines import ENGINE_NAMES, engines_running, get_engine
 from minispec.errors import Problem
 from minispec.spec.load import KeyPath, LoadedSpec
 from minispec.spec.model import DepthPrune, TrainingSpec, WidthPrune
@@ -36,9 +37,10 @@ def rule(*needs: str) -> Callable[[Rule], Rule]:
 
 
 def check(loaded: LoadedSpec) -> list[Problem]:
+    """Every problem of the spec's rules, then of its engine's own rules."""
     problems: list[Problem] = []
     skipped = loaded.cache.setdefault("skipped_rules", [])
-    for func in RULES:
+    for func in [*RULES, *engine_rules(loaded)]:
         needs = getattr(func, "needs", None)
         runnable = (
             all(loaded.is_valid(block) for block in needs)
@@ -50,6 +52,18 @@ def check(loaded: LoadedSpec) -> list[Problem]:
         else:
             skipped.append(func.__name__)
     return problems
+
+
+def engine_rules(loaded: LoadedSpec) -> tuple[Rule, ...]:
+    """The lint rules of the spec's engine (none while the engine block is invalid)."""
+    if not loaded.is_valid("engine") or loaded.spec.engine not in ENGINE_NAMES:
+        return ()
+    return tuple(get_engine(loaded.spec.engine).LINT_RULES)
+
+
+def engine_of(loaded: LoadedSpec) -> Any:
+    """The :class:`minispec.engines.Engine` the spec names."""
+    return get_engine(loaded.spec.engine)
 
 
 # --------------------------------------------------------------------------------------------
@@ -115,8 +129,7 @@ def shape_checks(loaded: LoadedSpec) -> list[str]:
     checks.append("seq_length vs. context length")
     if spec.distill is not None and spec.distill.loss.intermediate:
         checks.append("intermediate loss layers")
-    if spec.engine == "torch":
-        checks.append("architecture")
+    checks += engine_of(loaded).SHAPE_CHECKS
     return checks
 
 
@@ -128,25 +141,6 @@ def teacher_revision(loaded: LoadedSpec) -> Iterator[Problem]:
             ("teacher", "revision"),
             "revision applies to hf:// teachers only; it is ignored here",
             severity="warning",
-        )
-
-
-# The torch engine's architectures (minispec.engines.torch.modeling.SUPPORTED_MODEL_TYPES),
-# repeated here so that lint does not import the engine's modules (tempfile, shutil, ...);
-# tests/spec/test_rules.py fails when the two differ.
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
-
-
-@rule("teacher", "engine")
-def teacher_architecture(loaded: LoadedSpec) -> Iterator[Problem]:
-    shapes = teacher_shapes(loaded)
-    if loaded.spec.engine != "torch" or shapes is None or shapes.model_type is None:
-        return
-    if shapes.model_type not in SUPPORTED_MODEL_TYPES:
-        yield loaded.locate(
-            ("teacher", "source"),
-            f"the torch engine does not support '{shapes.model_type}' models ({shapes.origin})",
-            hint=f"supported: {', '.join(SUPPORTED_MODEL_TYPES)} (Llama-family decoders)",
         )
 
 
@@ -252,7 +246,7 @@ def _width_against_teacher(
         if value is None or known is None or value < known[0]:
             continue
         same = value == known[0]
-        if same and _nemo_keeps_groups(loaded, variant, target):
+        if same and _engine_keeps_groups(loaded, variant, target):
             continue
         yield loaded.locate(
             base + (target,),
@@ -263,12 +257,13 @@ def _width_against_teacher(
         )
 
 
-def _nemo_keeps_groups(loaded: LoadedSpec, variant: WidthPrune, target: str) -> bool:
-    """NeMo prunes heads and query groups together: with heads pruned, the teacher's number of
-    query groups is how a nemo spec says "keep them" (engines/nemo/lint.py asks for it)."""
+def _engine_keeps_groups(loaded: LoadedSpec, variant: WidthPrune, target: str) -> bool:
+    """An engine that prunes heads and query groups together (NeMo): with heads pruned, the
+    teacher's number of query groups is how its spec says "keep them" (engines/nemo/lint.py
+    asks for it)."""
     return (
         target == "target_num_query_groups"
-        and loaded.spec.engine == "nemo"
+        and engine_of(loaded).HEADS_WITH_GROUPS
         and variant.target_num_attention_heads is not None
     )
 
@@ -333,6 +328,21 @@ def _head_grouping(
             f"{heads} attention heads{origin('target_num_attention_heads')} do not split evenly into "
             f"{groups} query groups{origin('target_num_query_groups')}",
             hint=f"the heads must be a multiple of the query groups, e.g. {' or '.join(map(str, multiples))}",
+        )
+
+
+@rule("engine")
+def prune_kinds(loaded: LoadedSpec) -> Iterator[Problem]:
+    """A prune kind the spec's engine cannot run (each engine lists its PRUNE_KINDS)."""
+    engine = engine_of(loaded)
+    for name, variant in loaded.spec.prune.items():
+        if variant.kind in engine.PRUNE_KINDS:
+            continue
+        others = [n for n in ENGINE_NAMES if variant.kind in get_engine(n).PRUNE_KINDS]
+        yield loaded.locate(
+            ("prune", name, "kind"),
+            f"the {loaded.spec.engine} engine has no prune kind '{variant.kind}'",
+            hint=f"use engine: {' or '.join(others)}, or kind: {' or '.join(sorted(engine.PRUNE_KINDS))}",
         )
 
 
@@ -411,7 +421,7 @@ def export_students(loaded: LoadedSpec) -> Iterator[Problem]:
 def _variant_references(
     loaded: LoadedSpec, path: KeyPath, names: list[str] | None, known: list[str], what: str
 ) -> Iterator[Problem]:
-    from minispec.spec.load import did_you_mean
+    from minispec.spec.messages import did_you_mean
 
     seen: set[str] = set()
     for index, name in enumerate(names or []):
@@ -456,8 +466,8 @@ def teacher_logits(loaded: LoadedSpec) -> Iterator[Problem]:
     if spec.distill is None or spec.distill.teacher_logits is None:
         return
     base = ("distill", "teacher_logits")
-    if spec.engine != "torch":
-        return  # the nemo engine's own rule says why it refuses the block
+    if "teacher_logits" not in engine_of(loaded).STEPS:
+        return  # the engine's own rule says why it refuses the block
     if spec.distill.loss.intermediate:
         yield loaded.locate(
             ("distill", "loss", "intermediate"),
@@ -611,7 +621,7 @@ def data_parallel_size(loaded: LoadedSpec) -> int | None:
     world, model_parallel = res.devices * res.nodes, res.tensor_parallel * res.pipeline_parallel
     if world % model_parallel:
         return None
-    if loaded.spec.engine == "torch" and (res.nodes > 1 or model_parallel > 1):
+    if not engine_of(loaded).MODEL_PARALLEL and (res.nodes > 1 or model_parallel > 1):
         return None
     return world // model_parallel
 
@@ -625,21 +635,8 @@ def parallelism(loaded: LoadedSpec) -> Iterator[Problem]:
     res = loaded.spec.resources
     base = ("resources",)
     world, model_parallel = res.devices * res.nodes, res.tensor_parallel * res.pipeline_parallel
-    if loaded.spec.engine == "torch":
-        if res.nodes > 1:
-            yield loaded.locate(
-                base + ("nodes",),
-                f"the torch engine runs on one node (got nodes: {res.nodes})",
-                hint="use engine: nemo to run on several nodes",
-            )
-        for key, what in (("tensor_parallel", "tensor"), ("pipeline_parallel", "pipeline")):
-            if getattr(res, key) > 1:
-                yield loaded.locate(
-                    base + (key,),
-                    f"the torch engine has no {what} parallelism (got {key}: {getattr(res, key)})",
-                    hint="it spreads a model over the devices with resources.strategy (fsdp or ddp); use engine: nemo for tensor/pipeline parallelism",
-                )
-        return
+    if not engine_of(loaded).MODEL_PARALLEL:
+        return  # the engine's own rules refuse nodes and model parallelism
     if world % model_parallel:
         key = "tensor_parallel" if res.tensor_parallel > 1 else "pipeline_parallel"
         yield loaded.locate(
@@ -649,26 +646,14 @@ def parallelism(loaded: LoadedSpec) -> Iterator[Problem]:
         )
 
 
-@rule("resources", "engine")
+@rule("resources")
 def accelerator(loaded: LoadedSpec) -> Iterator[Problem]:
     res = loaded.spec.resources
-    if loaded.spec.engine == "nemo" and res.accelerator == "cpu":
-        yield loaded.locate(
-            ("resources", "accelerator"),
-            "the nemo engine needs GPUs; accelerator: cpu cannot run it",
-            hint="use accelerator: cuda (or auto), or engine: torch to run on the CPU",
-        )
     if res.accelerator == "cpu" and res.devices > 1:
         yield loaded.locate(
             ("resources", "devices"),
             f"devices counts GPUs; with accelerator: cpu, {res.devices} processes share the CPU cores",
             hint="use devices: 1 on a CPU (several CPU processes only make sense for testing)",
-            severity="warning",
-        )
-    if loaded.spec.engine == "nemo" and loaded.is_set(("resources", "strategy")):
-        yield loaded.locate(
-            ("resources", "strategy"),
-            "strategy is a torch-engine setting; the nemo engine ignores it",
             severity="warning",
         )
 
@@ -684,30 +669,6 @@ def half_precision_on_cpu(loaded: LoadedSpec) -> Iterator[Problem]:
             hint="use float32 (or bfloat16) with accelerator: cpu",
             severity="warning",
         )
-
-
-@rule("engine")
-def nemo_block(loaded: LoadedSpec) -> Iterator[Problem]:
-    if loaded.spec.engine == "torch" and loaded.raw.get("nemo") is not None:
-        yield loaded.locate(
-            ("nemo",),
-            "the nemo block is ignored with engine: torch",
-            hint="set engine: nemo to use it, or remove the block",
-            severity="warning",
-        )
-
-
-@rule("engine", "teacher", "resources", "nemo", "finetune", "prune", "distill", "export", "data")
-def nemo_engine(loaded: LoadedSpec) -> Iterator[Problem]:
-    """What NeMo would reject or do differently (parallelism, flavor options): engine rules."""
-    if loaded.spec.engine == "nemo":
-        from minispec.engines.nemo import lint as nemo_lint
-
-        yield from nemo_lint.check(loaded)
-    else:  # a parameter budget is flavor bridge's: refused for the torch engine too
-        from minispec.engines.nemo.bridge_lint import check_any_engine
-
-        yield from check_any_engine(loaded)
 
 
 # --------------------------------------------------------------------------------------------
@@ -876,10 +837,10 @@ def search_variants(loaded: LoadedSpec) -> Iterator[Problem]:
     spec = loaded.spec
     for name, variant in spec.search_variants.items():
         base = ("prune", name)
-        if spec.engine != "torch":
+        if "search" not in engine_of(loaded).STEPS:
             yield loaded.locate(
                 base + ("kind",),
-                "architecture search runs on the torch engine only",
+                f"architecture search runs on the {' and '.join(engines_running('search'))} engine only",
                 hint="use engine: torch, or give the variant explicit targets (kind: width / depth)",
             )
         if spec.distill is None:

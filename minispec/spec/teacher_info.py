@@ -25,34 +25,13 @@ from pathlib import Path
 from typing import Any
 
 from minispec.errors import MinispecError
+from minispec.shapes import ModelShapes
 from minispec.sources import Source, parse_source
 
 HUB_REPO_PATTERN = re.compile(r"^(?:[A-Za-z0-9][\w.-]{0,95}/)?[A-Za-z0-9][\w.-]{0,95}$")
 
 
-@dataclass(frozen=True)
-class TeacherShapes:
-    """What lint needs to know about the teacher; None where its config does not say."""
-
-    origin: str  # where the numbers come from, for messages: "config.json in DIR", "GGUF metadata of FILE"
-    model_type: str | None = None
-    num_hidden_layers: int | None = None
-    hidden_size: int | None = None
-    intermediate_size: int | None = None
-    num_attention_heads: int | None = None
-    num_key_value_heads: int | None = None
-    head_dim: int | None = None
-    max_position_embeddings: int | None = None
-    vocab_size: int | None = None
-    tie_word_embeddings: bool | None = None  # None: the source does not say
-
-    def describe(self) -> str:
-        return (
-            f"{self.model_type or '?'}: {self.num_hidden_layers} layers, hidden {self.hidden_size}, "
-            f"MLP {self.intermediate_size}, {self.num_attention_heads} heads, "
-            f"{self.num_key_value_heads} query groups, head_dim {self.head_dim}, "
-            f"{self.max_position_embeddings} positions, vocab {self.vocab_size} ({self.origin})"
-        )
+TeacherShapes = ModelShapes  # what lint knows of the teacher: the one shape model
 
 
 @dataclass(frozen=True)
@@ -134,30 +113,7 @@ def config_shapes(config: Path, origin: str) -> TeacherShapes:
         raise MinispecError(f"cannot read {config}: {exc}") from None
     if not isinstance(data, dict):
         raise MinispecError(f"{config} does not hold a JSON object")
-    if "num_hidden_layers" not in data and isinstance(data.get("text_config"), dict):
-        data = {**data["text_config"], "model_type": data.get("model_type")}  # multimodal wrappers
-    heads = _int(data.get("num_attention_heads"))
-    hidden = _int(data.get("hidden_size"))
-    head_dim = _int(data.get("head_dim")) or (hidden // heads if hidden and heads else None)
-    return TeacherShapes(
-        origin=origin,
-        model_type=data.get("model_type") if isinstance(data.get("model_type"), str) else None,
-        num_hidden_layers=_int(data.get("num_hidden_layers")),
-        hidden_size=hidden,
-        intermediate_size=_int(data.get("intermediate_size")),
-        num_attention_heads=heads,
-        num_key_value_heads=_int(data.get("num_key_value_heads")) or heads,
-        head_dim=head_dim,
-        max_position_embeddings=_int(data.get("max_position_embeddings")),
-        vocab_size=_int(data.get("vocab_size")),
-        tie_word_embeddings=data.get("tie_word_embeddings")
-        if isinstance(data.get("tie_word_embeddings"), bool)
-        else None,
-    )
-
-
-def _int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+    return ModelShapes.from_hf_config(data, origin)
 
 
 def _hub_info(source: Source, revision: str | None) -> TeacherInfo:
@@ -383,31 +339,13 @@ def gguf_shapes(path: Path) -> TeacherShapes:
     if not isinstance(arch, str):
         raise MinispecError(f"{path}: GGUF metadata has no general.architecture")
 
-    def number(key: str) -> int | None:
-        value = meta.get(f"{arch}.{key}")
-        return (
-            int(value)
-            if isinstance(value, int) and not isinstance(value, bool) and value > 0
-            else None
-        )
-
-    heads = number("attention.head_count")
     # per-layer KV head counts (an array) vary by layer: no single number to check against
     per_layer_kv = isinstance(meta.get(f"{arch}.attention.head_count_kv"), GGUFArray)
-    hidden = number("embedding_length")
     tokens = meta.get("tokenizer.ggml.tokens")
-    return TeacherShapes(
-        origin=f"GGUF metadata of {path.name}",
-        model_type=arch,
-        num_hidden_layers=number("block_count"),
-        hidden_size=hidden,
-        intermediate_size=number("feed_forward_length"),
-        num_attention_heads=heads,
-        num_key_value_heads=None if per_layer_kv else (number("attention.head_count_kv") or heads),
-        head_dim=number("attention.key_length") or (hidden // heads if hidden and heads else None),
-        max_position_embeddings=number("context_length"),
-        vocab_size=number("vocab_size")
-        or (tokens.count if isinstance(tokens, GGUFArray) else None),
-        # llama.cpp writes no separate `output.weight` when the LM head is the embedding
-        tie_word_embeddings=("output.weight" not in tensors) if tensors else None,
+    return ModelShapes.from_gguf(
+        meta,
+        tensors,
+        f"GGUF metadata of {path.name}",
+        per_layer_kv=per_layer_kv,
+        token_count=tokens.count if isinstance(tokens, GGUFArray) else None,
     )

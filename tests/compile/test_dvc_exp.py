@@ -16,8 +16,8 @@ from real_pipeline import SPEC_FILE, STAGES, dvc, read_json, status
 from minispec import layout
 from minispec.compile import compile_pipeline
 from minispec.compile.dvc import has_minispec_header
-from minispec.engines.torch.stages import load_params
 from minispec.spec.load import load_spec
+from minispec.stage import load_params
 
 pytestmark = pytest.mark.slow
 

@@ -11,8 +11,8 @@ from pipeline_harness import QUICKSTART, env, inside
 
 from minispec.compile import compile_pipeline, write_pipeline
 from minispec.compile.dvc import STAGE_KEYS, generated_by_minispec, split_header
-from minispec.engines.torch.stages import load_params
 from minispec.spec.load import load_spec, read_document
+from minispec.stage import load_params
 
 # three variants of different shapes: a foreach group whose stages differ in deps and params
 MIXED = (

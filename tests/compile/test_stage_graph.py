@@ -9,8 +9,6 @@ from minispec import layout
 from minispec.compile import relative_spec
 from minispec.compile.graph import (
     DVC_INVALID_STAGENAME_CHARS,
-    Out,
-    Plot,
     attach_commands,
     build_graph,
     check_variant_names,
@@ -18,6 +16,7 @@ from minispec.compile.graph import (
 )
 from minispec.errors import CompileError
 from minispec.spec.load import load_spec
+from minispec.steps import Out, Plot
 
 
 def graph(tmp_path, *overrides: str):

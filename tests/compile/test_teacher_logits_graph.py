@@ -6,8 +6,9 @@ from pipeline_harness import QUICKSTART
 
 from minispec import layout
 from minispec.compile import relative_spec
-from minispec.compile.graph import Out, attach_commands, build_graph
+from minispec.compile.graph import attach_commands, build_graph
 from minispec.spec.load import load_spec
+from minispec.steps import Out
 
 CACHED = "distill.teacher_logits={top_k: 32}"
 

@@ -8,10 +8,10 @@ import pytest
 from real_pipeline import TRAINING_STAGES, dvc
 
 from minispec import layout
-from minispec.engines.torch.stages import load_params
 from minispec.report.collect import read_dvclive_tsv
 from minispec.report.dvcplots import dvc_plots
 from minispec.spec.model import Spec
+from minispec.stage import load_params
 
 pytestmark = pytest.mark.slow
 

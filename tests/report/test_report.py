@@ -14,9 +14,9 @@ from real_pipeline import NAME, TRAINING_STAGES
 
 from minispec import layout
 from minispec.cli import cli
-from minispec.engines.torch.stages import load_params, run_stage
 from minispec.report import build_report
 from minispec.report.collect import read_dvclive_tsv
+from minispec.stage import load_params, run_stage
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 LOG_NAMES = [stage.replace("@", "-") for stage in TRAINING_STAGES]  # logs/<name>, figure names

@@ -68,9 +68,9 @@ def query_groups(loaded) -> Iterator[Problem]:
     """ModelOpt removed num_query_groups pruning after 0.40: a target must keep the teacher's."""
     if not _bridge(loaded):
         return
-    from minispec.engines.nemo.lint import _shapes
+    from minispec.engines.nemo.shapes import lint_shapes
 
-    shapes = _shapes(loaded)
+    shapes = lint_shapes(loaded)
     for name, variant in loaded.spec.width_variants.items():
         groups = variant.target_num_query_groups
         if groups is None:

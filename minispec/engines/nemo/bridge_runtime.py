@@ -11,8 +11,8 @@
 
   ``minispec nemo logs --flavor bridge`` turns them into the curves and metrics both engines
   write.
-- :func:`find_hf_checkpoint`: where ``prune_minitron.py --output_hf_path`` / ``distill.py
-  --hf_export_path`` left the Hugging Face directory, for ``minispec nemo publish``.
+- where ``prune_minitron.py --output_hf_path`` / ``distill.py --hf_export_path`` left the
+  Hugging Face directory, for ``minispec nemo publish``: :func:`minispec.engines.nemo.logs.find_hf_checkpoint`.
 - :func:`write_prune_metrics`: ``metrics/prune@<v>.json`` for a student ``prune_minitron.py``
   made, with the same keys as the torch engine's (sizes, validation loss right after pruning),
   measured by the torch engine's code.
@@ -29,16 +29,6 @@ from minispec.errors import StageError
 from minispec.fsio import write_json_atomic
 
 BRIDGE_TAGS = LogTags(train_loss="total loss", val_loss="lm loss validation", lr="learning-rate")
-
-
-def find_hf_checkpoint(source: Path) -> Path:
-    """``source`` when it is a Hugging Face model directory (``config.json`` and safetensors)."""
-    if (source / "config.json").is_file() and any(source.glob("*.safetensors")):
-        return source
-    raise StageError(
-        f"{source} is not a Hugging Face checkpoint (config.json and *.safetensors)",
-        hint="the Model-Optimizer script of this stage must run first and finish",
-    )
 
 
 def write_prune_metrics(spec, variant: str, root: Path) -> dict:

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from minispec.engines import reads
 from minispec.engines.nemo import bridge_lint, kd
-from minispec.engines.nemo.shapes import TeacherShapes, teacher_shapes
+from minispec.engines.nemo.shapes import TeacherShapes, lint_shapes
 from minispec.errors import Problem
 from minispec.sources import parse_source
 from minispec.spec.model import DepthPrune, WidthPrune
@@ -33,10 +34,7 @@ def check(loaded) -> list[Problem]:
 
 
 def _shapes(loaded) -> TeacherShapes | None:
-    try:
-        return teacher_shapes(loaded.spec.teacher.source)
-    except Exception:  # an unparsable source is reported by teacher_source()
-        return None
+    return lint_shapes(loaded)
 
 
 def teacher_source(loaded) -> Iterator[Problem]:
@@ -295,3 +293,30 @@ RULES = [
     flavor_legacy,
     *bridge_lint.RULES,
 ]
+
+
+@reads("engine", "teacher", "resources", "nemo", "finetune", "prune", "distill", "export", "data")
+def nemo_engine(loaded) -> Iterator[Problem]:
+    """What NeMo would reject or do differently (parallelism, flavor options)."""
+    yield from check(loaded)
+
+
+@reads("resources", "engine")
+def accelerator(loaded) -> Iterator[Problem]:
+    res = loaded.spec.resources
+    if res.accelerator == "cpu":
+        yield loaded.locate(
+            ("resources", "accelerator"),
+            "the nemo engine needs GPUs; accelerator: cpu cannot run it",
+            hint="use accelerator: cuda (or auto), or engine: torch to run on the CPU",
+        )
+    if loaded.is_set(("resources", "strategy")):
+        yield loaded.locate(
+            ("resources", "strategy"),
+            "strategy is a torch-engine setting; the nemo engine ignores it",
+            severity="warning",
+        )
+
+
+# what the nemo engine adds to the spec's rules (minispec.engines.Engine.LINT_RULES)
+ENGINE_RULES = (nemo_engine, accelerator)

@@ -202,6 +202,16 @@ def _is_nemo2_checkpoint(path: Path) -> bool:
     return (path / "context").is_dir() and (path / "weights").is_dir()
 
 
+def find_hf_checkpoint(source: Path) -> Path:
+    """``source`` when it is a Hugging Face model directory (``config.json`` and safetensors)."""
+    if (source / "config.json").is_file() and any(source.glob("*.safetensors")):
+        return source
+    raise StageError(
+        f"{source} is not a Hugging Face checkpoint (config.json and *.safetensors)",
+        hint="the Model-Optimizer script of this stage must run first and finish",
+    )
+
+
 def find_legacy_checkpoint(source: Path) -> Path:
     """``source`` when it is a ``.nemo`` file, else the newest ``.nemo`` file under it."""
     if source.is_file() and source.suffix == ".nemo":
@@ -232,8 +242,6 @@ def publish(source: str | Path, target: str | Path, flavor: str) -> Path:
         with atomic_dir(target) as tmp:
             _transfer(found, tmp / layout.NEMO_LEGACY_FILE, move=found == source)
     elif flavor == "bridge":
-        from minispec.engines.nemo.bridge_runtime import find_hf_checkpoint
-
         found = find_hf_checkpoint(source)
         with atomic_dir(target) as tmp:
             for child in found.iterdir():

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from minispec.compile.graph import Stage
-    from minispec.spec.model import Spec
+from minispec.steps import DISTRIBUTED_STEPS
 
-DISTRIBUTED_STEPS = frozenset({"finetune", "distill", "importance", "evaluate", "teacher_logits"})
+if TYPE_CHECKING:
+    from minispec.spec.model import Spec
+    from minispec.steps import Stage
 
 
 def stage_commands(spec: Spec, stage: Stage) -> list[list[str]]:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from minispec import layout
 from minispec.errors import StageError
 from minispec.fsio import atomic_dir
 from minispec.sources import Source, local_path, parse_source
@@ -471,3 +472,33 @@ def sha256_file(path: Path, block: int = 1 << 22) -> str:
         while chunk := handle.read(block):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+# the working teacher of a pipeline (the prune and search stages)
+
+
+def read_teacher_config(spec, root: Path):
+    from transformers import AutoConfig
+
+    teacher = root / layout.working_teacher_dir(spec)
+    if not (teacher / "config.json").exists():
+        raise StageError(
+            f"{teacher}: no model there", hint="run the import (and finetune) stages first"
+        )
+    config = AutoConfig.from_pretrained(teacher, trust_remote_code=spec.teacher.trust_remote_code)
+    check_supported(config, str(teacher))
+    return config
+
+
+def load_teacher(spec, root: Path):
+    device = resolve_device(spec.resources.accelerator)
+    dtype = resolve_dtype(spec.teacher.dtype, device)
+    teacher = root / layout.working_teacher_dir(spec)
+    model = load_model(
+        teacher, dtype=dtype, device=device, trust_remote_code=spec.teacher.trust_remote_code
+    )
+    return (
+        model,
+        load_tokenizer(teacher, trust_remote_code=spec.teacher.trust_remote_code),
+        device,
+    )

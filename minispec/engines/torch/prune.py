@@ -34,6 +34,7 @@ from minispec.engines.torch.depth import (
     scores_report,
 )
 from minispec.engines.torch.importance import load_importance
+from minispec.engines.torch.modeling import load_teacher, read_teacher_config
 from minispec.engines.torch.surgery import ModelDims, model_dims
 from minispec.engines.torch.width import (
     activation_scores,
@@ -69,33 +70,6 @@ def run(spec, variant: str | None, root: Path) -> None:
         run_rank(spec, variant, root)
     else:  # pragma: no cover - the spec model admits only these kinds
         raise StageError(f"prune.{variant}: unknown kind")
-
-
-def read_teacher_config(spec, root: Path):
-    from transformers import AutoConfig
-
-    teacher = root / layout.working_teacher_dir(spec)
-    if not (teacher / "config.json").exists():
-        raise StageError(
-            f"{teacher}: no model there", hint="run the import (and finetune) stages first"
-        )
-    config = AutoConfig.from_pretrained(teacher, trust_remote_code=spec.teacher.trust_remote_code)
-    modeling.check_supported(config, str(teacher))
-    return config
-
-
-def load_teacher(spec, root: Path):
-    device = modeling.resolve_device(spec.resources.accelerator)
-    dtype = modeling.resolve_dtype(spec.teacher.dtype, device)
-    teacher = root / layout.working_teacher_dir(spec)
-    model = modeling.load_model(
-        teacher, dtype=dtype, device=device, trust_remote_code=spec.teacher.trust_remote_code
-    )
-    return (
-        model,
-        modeling.load_tokenizer(teacher, trust_remote_code=spec.teacher.trust_remote_code),
-        device,
-    )
 
 
 # --------------------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 SERVER_ENV = "MINISPEC_STAGE_SERVER"  # the socket's path, set by `minispec run` for dvc repro
@@ -126,7 +126,7 @@ def _start_server(path: Path) -> None:
     owner = os.environ.get(OWNER_ENV, str(os.getppid()))
     with open(path.parent / "server.log", "ab") as log:
         server = subprocess.Popen(
-            [sys.executable, "-m", "minispec.engines.torch.warm", str(path), owner],
+            [sys.executable, "-m", "minispec", "stage-server", str(path), owner],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=log,
@@ -193,21 +193,24 @@ def preload() -> None:
     import torch  # noqa: F401
     import transformers
 
-    from minispec.engines.torch.stages import STEPS
+    from minispec.steps import STEPS
 
     # transformers imports lazily: the classes the stages use, and the Llama-family models
     for name in ("AutoConfig", "AutoTokenizer", "AutoModelForCausalLM", "PreTrainedTokenizerFast"):
         getattr(transformers, name)
     for family in ("llama", "mistral", "qwen2"):
         importlib.import_module(f"transformers.models.{family}.modeling_{family}")
-    for target in STEPS.values():
-        importlib.import_module(target.split(":")[0])
+    for step in STEPS:
+        importlib.import_module(step.run.split(":")[0])
     for optional in ("dvclive", "gguf", "safetensors.torch"):
         with contextlib.suppress(ImportError):
             importlib.import_module(optional)
 
 
-def serve(path: Path, owner: int) -> None:
+def serve(path: Path, owner: int, run_cli: Callable[[list[str]], int]) -> None:
+    """Import, listen on ``path``, and fork a child per request that runs ``run_cli(argv)``
+    (the ``minispec`` command line, passed in by ``minispec stage-server``), until ``owner``
+    (the ``minispec run`` process) is gone."""
     try:
         preload()
     except Exception as exc:  # the stages run in their own processes and report it themselves
@@ -231,7 +234,7 @@ def serve(path: Path, owner: int) -> None:
         if os.fork() == 0:
             listener.close()
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the stage may wait for its own children
-            os._exit(_serve_one(connection))
+            os._exit(_serve_one(connection, run_cli))
         connection.close()
 
 
@@ -245,7 +248,7 @@ def _alive(pid: int) -> bool:
         return True
 
 
-def _serve_one(connection: socket.socket) -> int:
+def _serve_one(connection: socket.socket, run_cli: Callable[[list[str]], int]) -> int:
     """In the forked child: become the caller's stage process, run it, report its status."""
     header, fds, _, _ = socket.recv_fds(connection, 8, 3)
     request = json.loads(_receive_exactly(connection, struct.unpack("!Q", header)[0]) or b"{}")
@@ -266,22 +269,19 @@ def _serve_one(connection: socket.socket) -> int:
     timing.set_process_start(request.get("started"))
     done = threading.Event()
     threading.Thread(target=_relay_signals, args=(connection, done), daemon=True).start()
-    code = _run_cli(request["argv"])
+    code = _exit_status(run_cli, request["argv"])
     done.set()
     with contextlib.suppress(OSError):
         connection.sendall(_STATUS.pack(code))
     return code
 
 
-def _run_cli(argv: list[str]) -> int:
-    from minispec.cli import cli
-
+def _exit_status(run_cli: Callable[[list[str]], int], argv: list[str]) -> int:
     try:
-        cli.main(args=argv, prog_name="minispec", standalone_mode=True)
-        code = 0
+        code = run_cli(argv)
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    except BaseException:  # standalone_mode handles the rest; this is a last resort
+    except BaseException:  # the command line handles the rest; this is a last resort
         import traceback
 
         traceback.print_exc()
@@ -304,7 +304,3 @@ def _relay_signals(connection: socket.socket, done: threading.Event) -> None:
         os.kill(os.getpid(), data[0] if data else signal.SIGTERM)
         if not data:
             return
-
-
-if __name__ == "__main__":
-    serve(Path(sys.argv[1]), int(sys.argv[2]))

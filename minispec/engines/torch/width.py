@@ -159,7 +159,6 @@ def magnitude_scores(model: PreTrainedModel) -> WidthScores:
     RMSNorm in front of them, which multiplies the channel before they see it — and the o/down
     rows that write it.
     """
-    import torch
 
     dims = model_dims(model.config)
     hd = dims.head_dim

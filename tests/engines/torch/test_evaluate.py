@@ -12,10 +12,10 @@ import train_support as ts
 
 from minispec import layout
 from minispec.engines.torch.evaluate import evaluation_windows, markdown_table, models_to_evaluate
-from minispec.engines.torch.stages import run_stage
 from minispec.engines.torch.windows import TokenWindows
 from minispec.fsio import read_metrics_record
 from minispec.spec.model import Spec
+from minispec.stage import run_stage
 
 
 @pytest.fixture(autouse=True)

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from minispec.engines.torch import export
-from minispec.engines.torch.stages import load_params, run_stage
 from minispec.errors import StageError
+from minispec.stage import load_params, run_stage
 
 DEPTH = {"kind": "depth", "drop_layers": [2, 3]}
 WIDTH = {"kind": "width", "target_ffn_hidden_size": 64, "target_hidden_size": 48}

@@ -12,8 +12,8 @@ import torch
 from click.testing import CliRunner
 
 from minispec.cli import cli
-from minispec.engines.torch.stages import run_stage
 from minispec.errors import StageError
+from minispec.stage import run_stage
 
 SMOLLM2_PARAMETERS = 134_515_008  # 134.5M, /work/shared/README.md
 

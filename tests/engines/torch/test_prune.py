@@ -11,8 +11,8 @@ from prune_support import base_spec, expected_params, make_pipeline, unique_para
 
 from minispec import layout
 from minispec.cli import cli
-from minispec.engines.torch.stages import run_stage
 from minispec.fsio import read_metrics_record
+from minispec.stage import run_stage
 
 VARIANTS = {
     "width": {

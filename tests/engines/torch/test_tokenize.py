@@ -12,8 +12,8 @@ from click.testing import CliRunner
 
 from minispec.cli import cli
 from minispec.engines.torch import tokenize
-from minispec.engines.torch.stages import run_stage
 from minispec.errors import StageError
+from minispec.stage import run_stage
 
 SPLITS = ("train", "validation", "test")
 

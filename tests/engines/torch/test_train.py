@@ -15,7 +15,6 @@ import train_support as ts
 from minispec import layout
 from minispec.engines.torch import checkpointing
 from minispec.engines.torch.distributed import DistContext
-from minispec.engines.torch.stages import run_stage
 from minispec.engines.torch.train import (
     BatchPlan,
     LossConfig,
@@ -28,6 +27,7 @@ from minispec.engines.torch.train import (
 from minispec.engines.torch.windows import TokenWindows
 from minispec.errors import StageError
 from minispec.fsio import read_metrics_record
+from minispec.stage import run_stage
 
 
 @pytest.fixture(autouse=True)

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from minispec import data
 from minispec.cli import cli
-from minispec.engines.torch import data
-from minispec.engines.torch.stages import run_stage
 from minispec.errors import StageError
+from minispec.stage import run_stage
 
 
 def texts_of(path: Path) -> list[str]:

@@ -1,4 +1,8 @@
-"""Entry point of torch-engine stages: ``minispec stage NAME [VARIANT]`` as written in dvc.yaml.
+"""Entry point of stages: ``minispec stage NAME [VARIANT]`` as written in dvc.yaml.
+
+Engine-neutral: every torch-engine stage runs through it, and the steps another engine does not
+implement itself (data, report) too. ``NAME`` is a step of :mod:`minispec.steps`; its ``run``
+function is imported only here, so a stage imports only what it needs.
 
 DVC runs each stage command in the directory of ``dvc.yaml``; the stage reads the resolved spec
 from ``params.yaml`` there (the same file DVC tracks params in, so ``dvc exp run -S`` works) and
@@ -12,26 +16,9 @@ import sys
 from pathlib import Path
 
 from minispec.errors import NotBuiltError, StageError
+from minispec.steps import BY_NAME, STEP_NAMES, VARIANT_STEPS
 from minispec.timing import StartupPhases
 
-# stage name → "module:function"; each function is ``run(spec, variant, root) -> None``.
-STEPS: dict[str, str] = {
-    "data": "minispec.engines.torch.data:run",
-    "tokenize": "minispec.engines.torch.tokenize:run",
-    "import": "minispec.engines.torch.importer:run",
-    "finetune": "minispec.engines.torch.train:run_finetune",
-    "importance": "minispec.engines.torch.importance:run",
-    "search": "minispec.search.stages:run_search",
-    "search-prune": "minispec.search.stages:run_search_prune",
-    "search-distill": "minispec.search.stages:run_search_distill",
-    "prune": "minispec.engines.torch.prune:run",
-    "teacher_logits": "minispec.engines.torch.teacher_logits:run",
-    "distill": "minispec.engines.torch.train:run_distill",
-    "evaluate": "minispec.engines.torch.evaluate:run",
-    "report": "minispec.report:run_stage",
-    "export": "minispec.engines.torch.export:run",
-}
-VARIANT_STEPS = {"search", "search-prune", "search-distill", "prune", "distill", "export"}
 # top-level modules of the `torch` extra (pyproject.toml)
 TORCH_EXTRA = {"torch", "transformers", "tokenizers", "datasets", "gguf", "accelerate"}
 
@@ -52,14 +39,14 @@ def load_params(root: Path, params_file: str = "params.yaml"):
 
 
 def run_stage(name: str, variant: str | None, root: Path, params_file: str = "params.yaml") -> None:
-    if name not in STEPS:
-        raise StageError(f"unknown stage '{name}'", hint=f"stages: {', '.join(STEPS)}")
+    if name not in BY_NAME:
+        raise StageError(f"unknown stage '{name}'", hint=f"stages: {', '.join(STEP_NAMES)}")
     if (name in VARIANT_STEPS) != (variant is not None):
         need = "needs a variant name" if name in VARIANT_STEPS else "takes no variant"
         raise StageError(f"stage '{name}' {need}")
     startup = StartupPhases()
     startup.mark("python and CLI")
-    module_name, func_name = STEPS[name].split(":")
+    module_name, func_name = BY_NAME[name].run.split(":")
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
