@@ -117,8 +117,8 @@ def test_lint_says_what_is_wrong_with_a_students_own_settings(tmp_path, override
 def test_the_distill_stage_trains_with_the_students_own_loss_and_steps(tmp_path, wikitext_dir):
     import train_support as ts
 
-    from minispec.engines.torch.stages import run_stage
     from minispec.fsio import read_metrics_record
+    from minispec.stage import run_stage
 
     tokenizer = ts.make_tokenizer(wikitext_dir)
     spec = ts.base_spec(

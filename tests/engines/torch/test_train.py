@@ -293,7 +293,9 @@ def test_finetune_stage_writes_model_metrics_and_logs(pipeline, capsys):
         "validation",
         "first step",
     ]
-    assert sum(map(float, phases.values())) == pytest.approx(float(first.group(1)), abs=0.1)
+    assert sum(map(float, phases.values())) == pytest.approx(
+        float(first.group(1)), abs=0.4
+    )  # each phase rounded
     assert re.search(
         r"\[finetune\] done [\d.]+ s after the process started \(python and CLI [\d.]+, stage imports [\d.]+, run [\d.]+\)",
         out.err,
