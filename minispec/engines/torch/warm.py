@@ -50,10 +50,15 @@ _STATUS = struct.Struct("!i")
 def stage_server(enabled: bool = True) -> Iterator[dict[str, str]]:
     """Environment entries that let the stages of one ``dvc repro`` share a warm server; the
     server (started by the first stage that needs it) is stopped when the block ends."""
-    if not enabled:
+    directory = None
+    if enabled:
+        try:
+            directory = Path(tempfile.mkdtemp(prefix="minispec-stages-"))
+        except OSError:  # no writable temporary directory: every stage starts cold, as before
+            pass
+    if directory is None:
         yield {}
         return
-    directory = Path(tempfile.mkdtemp(prefix="minispec-stages-"))
     try:
         yield {SERVER_ENV: str(directory / "stage.sock"), OWNER_ENV: str(os.getpid())}
     finally:

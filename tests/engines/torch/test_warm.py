@@ -101,3 +101,14 @@ def test_without_a_server_the_stage_runs_in_its_own_process(pipeline):
     out, err = done.communicate(timeout=600)
     assert done.returncode == 0, err
     assert "stage imports 0.0" not in err and "[finetune] first step done" in out
+
+
+def test_without_a_temporary_directory_stages_start_cold(tmp_path, monkeypatch):
+    """No writable place for the socket is no error: `minispec run` runs every stage cold."""
+    import tempfile
+
+    blocked = tmp_path / "not-a-directory"
+    blocked.write_text("")
+    monkeypatch.setattr(tempfile, "tempdir", str(blocked))
+    with stage_server() as env:
+        assert env == {}
