@@ -85,7 +85,24 @@ SEED = dict(
     micro_batch=1,
     tie=False,
 )
-SHAPES = {"kd": FULL, "quickstart": QUICKSTART, "seed": SEED}
+# issue 15's study students at its batch (64 × 256): w50 is narrow (3 heads, 1 KV group, MLP
+# 853: not a multiple of 64), d15 keeps the teacher's layer shape with half the layers
+STUDY_W50 = dict(
+    QUICKSTART,
+    student_layers=30,
+    student_heads=3,
+    student_kv_heads=1,
+    student_ffn=853,
+    micro_batch=64,
+)
+STUDY_D15 = dict(QUICKSTART, student_layers=15, micro_batch=64)
+SHAPES = {
+    "kd": FULL,
+    "quickstart": QUICKSTART,
+    "seed": SEED,
+    "study_w50": STUDY_W50,
+    "study_d15": STUDY_D15,
+}
 TINY = dict(
     hidden=64,
     teacher_layers=4,
@@ -109,6 +126,8 @@ def model_shape(shape: dict, role: str) -> dict:
         "layers": shape["student_layers"],
         "hidden": shape.get("student_hidden", shape["hidden"]),
         "ffn": shape.get("student_ffn", shape["ffn"]),
+        "heads": shape.get("student_heads", shape["heads"]),
+        "kv_heads": shape.get("student_kv_heads", shape["kv_heads"]),
     }
 
 
@@ -152,12 +171,12 @@ def matmul_parameters(model) -> int:
 
 
 def flops_per_token(shape: dict) -> dict:
-    d_attn = shape["heads"] * shape["head_dim"]
     teacher = matmul_parameters_from_shape(shape, shape["teacher_layers"], "teacher")
     student = matmul_parameters_from_shape(shape, shape["student_layers"], "student")
+    student_shape = model_shape(shape, "student")
     attention = (
-        4 * shape["seq"] * d_attn * shape["teacher_layers"]
-        + 12 * shape["seq"] * d_attn * shape["student_layers"]
+        4 * shape["seq"] * shape["heads"] * shape["head_dim"] * shape["teacher_layers"]
+        + 12 * shape["seq"] * student_shape["heads"] * shape["head_dim"] * shape["student_layers"]
     )
     return {
         "teacher_matmul_params": teacher,
@@ -238,7 +257,40 @@ def run_ours(shape, args, device, precision, data) -> dict:
     trainer = Trainer(cfg, student, teacher, vocab_size=shape["vocab"])
     samples = data.cpu()
     seconds = time_steps(lambda: trainer.train_step(samples, 1e-5), device, args.warmup, args.steps)
-    return {"seconds_per_step": seconds}
+    result = {"seconds_per_step": seconds}
+    if args.profile:
+        result["profile"] = profile_steps(
+            lambda: trainer.train_step(samples, 1e-5), device, args.profile
+        )
+    return result
+
+
+def profile_steps(step, device: torch.device, steps: int) -> dict:
+    """Where a step's time goes: the kernels' device time against the wall time (a device busy
+    far less than the wall clock is launch- or host-bound), and the top kernels by device time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    synchronize(device)
+    with profile(activities=activities) as prof:
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        synchronize(device)
+        wall = (time.perf_counter() - start) / steps
+    events = prof.key_averages()
+    device_time = lambda e: getattr(e, "self_device_time_total", 0) or 0  # noqa: E731 (µs)
+    kernels = sorted(events, key=device_time, reverse=True)
+    busy = sum(device_time(e) for e in events) / 1e6 / steps
+    top = [
+        {"name": e.key[:90], "ms_per_step": device_time(e) / 1e3 / steps, "calls": e.count // steps}
+        for e in kernels[:25]
+        if device_time(e) > 0
+    ]
+    print(f"profile: wall {wall * 1e3:.1f} ms/step, device busy {busy * 1e3:.1f} ms/step")
+    for row in top:
+        print(f"  {row['ms_per_step']:8.2f} ms  {row['calls']:5d}×  {row['name']}")
+    return {"wall_ms_per_step": wall * 1e3, "device_busy_ms_per_step": busy * 1e3, "top": top}
 
 
 def run_baseline(shape, args, device, precision, data) -> dict:
@@ -284,7 +336,10 @@ def run_baseline(shape, args, device, precision, data) -> dict:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    return {"seconds_per_step": time_steps(step, device, args.warmup, args.steps)}
+    result = {"seconds_per_step": time_steps(step, device, args.warmup, args.steps)}
+    if args.profile:
+        result["profile"] = profile_steps(step, device, args.profile)
+    return result
 
 
 def measure(name, runner, shape, args, device, precision, data, flops, peak) -> dict:
@@ -312,7 +367,7 @@ def main(argv=None) -> int:
         "--shape",
         choices=sorted(SHAPES),
         default="kd",
-        help="kd: 1.2B→0.75B at seq 2048 (default); quickstart: SmolLM2-135M → 20 layers at seq 256; seed: Llama-3.1-8B → Minitron-4B at seq 8192",
+        help="kd: 1.2B→0.75B at seq 2048 (default); quickstart: SmolLM2-135M → 20 layers at seq 256; seed: Llama-3.1-8B → Minitron-4B at seq 8192; study_w50/study_d15: issue 15's students at micro batch 64",
     )
     parser.add_argument(
         "--compile",
@@ -342,6 +397,13 @@ def main(argv=None) -> int:
         "--warmup", type=int, default=None, help="untimed steps first (default 3, 1 with --tiny)"
     )
     parser.add_argument("--only", choices=["ours", "baseline", "both"], default="both")
+    parser.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="STEPS",
+        help="after timing, profile this many steps of each loop and print the top kernels",
+    )
     parser.add_argument("--seq", type=int, default=None, help="override the sequence length")
     parser.add_argument(
         "--micro-batch", type=int, default=None, help="override the micro batch size"

@@ -169,6 +169,7 @@ def train_config(args, device: torch.device, kind: str) -> TrainConfig:
         seed=args.seed,
         precision=precision(device),
         loss=LossConfig(kind="logits_kl", temperature=1.0, alpha=1.0),
+        cuda_graphs=args.cuda_graphs,
     )
 
 
@@ -264,7 +265,8 @@ def worker_command(args, mode: str) -> list[str]:
             "--seq-length", str(args.seq_length), "--lr", str(args.lr),
             "--val-batches", str(args.val_batches), "--seed", str(args.seed),
             "--drop-layers", args.drop_layers, "--wikitext", str(args.wikitext)] + (
-                ["--gguf", str(args.gguf)] if args.gguf else [])  # fmt: skip
+                ["--gguf", str(args.gguf)] if args.gguf else []) + (
+                ["--cuda-graphs"] if args.cuda_graphs else [])  # fmt: skip
 
 
 def run_workers(args, modes: list[str]) -> list[dict]:
@@ -344,6 +346,8 @@ def main(argv=None) -> int:
     parser.add_argument("--jobs", type=int, default=1, help="training runs at a time")
     parser.add_argument("--threads", type=int, default=0, help="OMP_NUM_THREADS of each run")
     parser.add_argument("--output", type=Path)
+    parser.add_argument("--cuda-graphs", action="store_true",
+                        help="each training run's micro step as a CUDA graph (the distill stage's default on one GPU)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.workdir.mkdir(parents=True, exist_ok=True)

@@ -452,13 +452,9 @@ class Trainer:
         return parts
 
     def _run_micro_step(self, tokens: torch.Tensor, cached=None) -> torch.Tensor:
-        if cached is not None:
-            # cached teacher log-probabilities are new tensors every step, not a fixed graph
-            # input: those steps run as plain kernels
-            return self._micro_step(tokens, cached)
         if self.use_cuda_graphs and self._graph is None:
             try:
-                self._graph = MicroStepGraph(self._micro_step, tokens, self.parameters)
+                self._graph = MicroStepGraph(self._micro_step, tokens, self.parameters, cached)
             except Exception as exc:  # a model whose forward syncs with the host, ...
                 print(
                     f"[{self.cfg.stage}] warning: CUDA graph capture failed ({type(exc).__name__}: {str(exc)[:300]}); "
@@ -470,8 +466,8 @@ class Trainer:
                     parameter.grad = None
                 torch.cuda.synchronize(self.device)
         if self._graph is not None:
-            return self._graph.replay(tokens)
-        return self._micro_step(tokens)
+            return self._graph.replay(tokens, cached)
+        return self._micro_step(tokens, cached)
 
     def _gradient_sync(self, last: bool):
         # DDP: all-reduce once per step. FSDP2 reduce-scatters every micro batch: keeping
@@ -791,40 +787,65 @@ def compile_model(model: nn.Module, enabled: bool, *, distributed: bool) -> None
 
 
 class MicroStepGraph:
-    """One training micro step (teacher forward, student forward + backward) as a CUDA graph.
+    """One training micro step (teacher forward or cached teacher, student forward + backward)
+    as a CUDA graph.
 
     Small models on a GPU are launch-bound: a step is thousands of short kernels, each costing
     more to launch from Python than to run. Replaying a captured graph launches them all at
-    once. The graph reads a fixed token buffer and accumulates into fixed ``.grad`` buffers
-    (gradient accumulation adds in place, so the optimizer sees the same sums as without
-    graphs); the optimizer step and clipping stay outside, as plain fused kernels. Capture
-    follows PyTorch's recipe: warm up on a side stream, zero what the warm-up accumulated,
-    capture, replay. Nothing is computed differently, only launched differently.
+    once. The graph reads fixed input buffers (the tokens ``[micro, L + 1]`` and, when the
+    teacher comes from its cache, that micro batch's ``SparseTeacher``: ids and
+    log-probabilities ``[micro, L, K]``, tail ``[micro, L]``), copied into before each replay,
+    and accumulates into fixed ``.grad`` buffers (gradient accumulation adds in place, so the
+    optimizer sees the same sums as without graphs); the optimizer step and clipping stay
+    outside, as plain fused kernels. Capture follows PyTorch's recipe: warm up on a side
+    stream, zero what the warm-up accumulated, capture, replay. Nothing is computed
+    differently, only launched differently.
     """
 
     WARMUP = 2
 
-    def __init__(self, micro_step, example: torch.Tensor, parameters: list[nn.Parameter]):
+    def __init__(
+        self, micro_step, example: torch.Tensor, parameters: list[nn.Parameter], cached=None
+    ):
         for parameter in parameters:
             if parameter.grad is None:
                 parameter.grad = torch.zeros_like(parameter)
-        self.tokens = example.clone()  # [micro, L + 1], the graph's input buffer
+        self.tokens = example.clone()  # [micro, L + 1], the graph's token buffer
+        self.cached = _cloned_teacher(cached)  # the graph's cached-teacher buffers, or None
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(self.WARMUP):
-                micro_step(self.tokens)
+                micro_step(self.tokens, self.cached)
         torch.cuda.current_stream().wait_stream(side)
         for parameter in parameters:
             parameter.grad.zero_()  # the warm-up's gradients are not part of training
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
-            self.parts = micro_step(self.tokens)  # [4] loss parts, written on every replay
+            self.parts = micro_step(self.tokens, self.cached)  # [4] loss parts, on every replay
 
-    def replay(self, tokens: torch.Tensor) -> torch.Tensor:
+    def replay(self, tokens: torch.Tensor, cached=None) -> torch.Tensor:
+        if (cached is None) != (self.cached is None):
+            raise RuntimeError("a captured micro step replays with the inputs it was captured with")
         self.tokens.copy_(tokens, non_blocking=True)
+        if cached is not None:
+            for buffer, value in zip(
+                _teacher_fields(self.cached), _teacher_fields(cached), strict=True
+            ):
+                buffer.copy_(value, non_blocking=True)
         self.graph.replay()
         return self.parts.clone()
+
+
+def _teacher_fields(cached) -> tuple[torch.Tensor, ...]:
+    return (cached.indices, cached.logprobs, cached.tail)
+
+
+def _cloned_teacher(cached):
+    """Fixed-address copies of a cached teacher's tensors (a graph's input buffers)."""
+    if cached is None:
+        return None
+    return type(cached)(*(field.clone() for field in _teacher_fields(cached)))
 
 
 def _tied_aliases(module: nn.Module) -> dict[str, str]:
