@@ -26,16 +26,18 @@ def spec(name: str):
     return load_spec(STUDY / f"{name}.yaml").spec
 
 
-def test_width_and_depth_students_have_the_same_non_embedding_parameters():
+def test_width_and_depth_students_have_the_same_non_embedding_parameters_within_0_3_percent():
     core = spec("core")
     sizes = {v: non_embedding(student_shape(TEACHER, p, None)) for v, p in core.prune.items()}
     assert non_embedding(TEACHER) == 106_203_456
-    assert sizes["w50"] == sizes["d15"] == 53_102_016  # exactly half of the teacher's
+    assert sizes["d15"] == 53_102_016  # exactly half of the teacher's
+    # w50's MLP is 856 (a multiple of 8 for cuBLAS's fast kernels), not the odd 853 that would
+    # match exactly: 0.29% larger
+    assert sizes["w50"] == 53_257_536 and abs(sizes["w50"] / sizes["d15"] - 1) < 0.003
     assert sizes["w75"] == 79_661_376 and round(sizes["w75"] / non_embedding(TEACHER), 3) == 0.75
-    # total parameters match too: both keep hidden 576, so the same embedding
-    assert (
-        student_shape(TEACHER, core.prune["w50"], None).params == replace(TEACHER, layers=15).params
-    )
+    # both keep hidden 576, so the same embedding
+    w50_embedding = student_shape(TEACHER, core.prune["w50"], None).params - sizes["w50"]
+    assert w50_embedding == replace(TEACHER, layers=15).params - sizes["d15"]
 
 
 def test_every_50_percent_width_student_has_the_same_shape():
