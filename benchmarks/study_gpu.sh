@@ -114,6 +114,25 @@ if [ -n "$steps" ]; then
 fi
 S=specs/study
 
+# A part of the study (one session's GPU time holds only part of it): STUDY_TARGETS="core:distill@w50
+# core:distill@d15" runs just those targets, in order, with the same settings as the phases below.
+spec_args() {  # NAME -> the minispec run arguments that spec gets in the phases below
+    case $1 in
+    core) echo "${gguf[@]}" "${one[@]}" "${half_w75[@]}" ;;
+    no-correction) echo "${gguf[@]}" "${one[@]}" ;;
+    iterative) echo "${half[@]}" ;;
+    esac
+}
+if [ -n "${STUDY_TARGETS:-}" ]; then
+    for pair in $STUDY_TARGETS; do
+        name=${pair%%:*}
+        # shellcheck disable=SC2046  # spec_args's words are --set pairs without spaces
+        run_spec "$name" "$S/$name.yaml" "${pair#*:}" $(spec_args "$name") || break
+    done
+    log "done: ${ok[*]:-nothing}; failed or stopped: ${failed[*]:-none}"
+    exit 0
+fi
+
 # Phase 1: the students. core.yaml holds those of F1, F2, F3, F5 and round 1 of F6 (up to its
 # report: evaluate scores them all on WikiText validation/test); then F4 and F6's round 2 up to
 # their distillation (their final validation loss is in metrics/distill-w50.json).
