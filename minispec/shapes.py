@@ -22,6 +22,24 @@ def _int(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
+# the config.json keys from_hf_config reads
+_HF_CONFIG_KEYS = (
+    "model_type",
+    "num_hidden_layers",
+    "hidden_size",
+    "intermediate_size",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "max_position_embeddings",
+    "vocab_size",
+    "tie_word_embeddings",
+    "rope_theta",
+    "rope_scaling",
+    "rope_parameters",
+)
+
+
 @dataclass(frozen=True)
 class ModelShapes:
     origin: str  # where the numbers come from, for messages: "config.json in DIR", "GGUF metadata of FILE"
@@ -68,6 +86,45 @@ class ModelShapes:
     def tie_embeddings(self) -> bool:
         return bool(self.tie_word_embeddings)
 
+    @property
+    def heads_per_group(self) -> int:
+        """Query heads per key/value group (pruning keeps or drops whole groups)."""
+        return self.num_attention_heads // self.num_key_value_heads  # type: ignore[operator]
+
+    # ---- the dictionaries stages write ------------------------------------------------------
+
+    def as_dict(self) -> dict:
+        """The sizes pruning changes, in Megatron's names: the metadata of an importance file
+        and the ``model`` of its metrics. The keys are fixed: files written before stay valid."""
+        return {
+            "num_layers": self.num_layers,
+            "hidden_size": self.hidden_size,
+            "ffn_hidden_size": self.ffn_hidden_size,
+            "num_attention_heads": self.num_attention_heads,
+            "num_query_groups": self.num_query_groups,
+            "head_dim": self.head_dim,
+            "vocab_size": self.vocab_size,
+            "tied_embeddings": self.tie_embeddings,
+        }
+
+    def architecture(self) -> dict[str, int | str | None]:
+        """The architecture numbers that metrics and model cards report, in Hugging Face's
+        names (the same keys everywhere)."""
+        return {
+            "model_type": self.model_type,
+            "num_hidden_layers": self.num_hidden_layers,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_attention_heads": self.num_attention_heads,
+            "num_key_value_heads": self.num_key_value_heads,
+            "head_dim": self.head_dim,
+            "vocab_size": self.vocab_size,
+        }
+
+    def unknown(self, *names: str) -> list[str]:
+        """Those of ``names`` (fields or properties) the source did not give."""
+        return [name for name in names if getattr(self, name) is None]
+
     # ---- constructors -----------------------------------------------------------------------
 
     @classmethod
@@ -108,6 +165,13 @@ class ModelShapes:
             rope_theta=float(rope_theta) if isinstance(rope_theta, (int, float)) else None,
             llama3_rope_scaling=rope_type == "llama3",
         )
+
+    @classmethod
+    def from_hf_object(cls, config: Any, origin: str = "the model's config") -> ModelShapes:
+        """Shapes of a loaded transformers ``PretrainedConfig``, read by attribute (duck-typed:
+        nothing is imported). Attributes it lacks count as keys ``config.json`` lacks."""
+        data = {key: getattr(config, key) for key in _HF_CONFIG_KEYS if hasattr(config, key)}
+        return cls.from_hf_config(data, origin)
 
     @classmethod
     def from_gguf(
