@@ -183,7 +183,7 @@ def compile_params(params_text: str) -> str:
 
     spec = validate_params(parse_params(params_text))
     stages = attach_commands(spec, build_graph(spec))
-    return render_yaml(pipeline_document(stages, report_plots=dvc_plots(spec)))
+    return render_yaml(pipeline_document(stages, report_plots=dvc_plots(spec, stages)))
 
 
 def describe_differences(actual_text: str, expected_text: str) -> list[str]:

@@ -88,7 +88,7 @@ def compile_pipeline(loaded: LoadedSpec, out_dir: str | os.PathLike[str]) -> Com
     with teacher_paths_relative_to(out_dir):  # the paths of `spec` are, from here on
         stages = attach_commands(spec, build_graph(spec))
     source = source_description(loaded, out_dir)
-    dvc_body = render_yaml(pipeline_document(stages, report_plots=dvc_plots(spec)))
+    dvc_body = render_yaml(pipeline_document(stages, report_plots=dvc_plots(spec, stages)))
     return CompiledPipeline(
         out_dir=out_dir,
         spec=spec,

@@ -13,7 +13,8 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from minispec.report.collect import RunData, stage_label
+from minispec.report.collect import RunData
+from minispec.steps import stage_label
 
 FIG_SIZE = (8.0, 4.5)  # inches
 DPI = 100
