@@ -805,7 +805,7 @@ def harness_tasks(loaded: LoadedSpec) -> Iterator[Problem]:
             return
         from pathlib import Path
 
-        from minispec.engines.torch.harness import local_task_names
+        from minispec.spec.lm_eval_tasks import local_task_names
 
         defined = local_task_names(Path(harness.include_path))
     remote = [task for task in harness.tasks if task not in defined]
