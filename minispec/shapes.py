@@ -37,6 +37,7 @@ _HF_CONFIG_KEYS = (
     "rope_theta",
     "rope_scaling",
     "rope_parameters",
+    "attention_bias",
 )
 
 
@@ -55,6 +56,7 @@ class ModelShapes:
     tie_word_embeddings: bool | None = None  # None: the source does not say
     rope_theta: float | None = None
     llama3_rope_scaling: bool | None = None  # Llama 3.1's RoPE scaling
+    attention_bias: bool | None = None  # q/k/v/o biases where the config says so (Llama's option)
 
     def describe(self) -> str:
         return (
@@ -85,6 +87,11 @@ class ModelShapes:
     @property
     def tie_embeddings(self) -> bool:
         return bool(self.tie_word_embeddings)
+
+    @property
+    def qkv_bias(self) -> bool:
+        """q/k/v projections with biases: always in Qwen2, by ``attention_bias`` elsewhere."""
+        return self.model_type == "qwen2" or bool(self.attention_bias)
 
     @property
     def heads_per_group(self) -> int:
@@ -150,6 +157,7 @@ class ModelShapes:
         )
         rope_theta = data.get("rope_theta", nested.get("rope_theta", 10000.0))
         tie = data.get("tie_word_embeddings")
+        bias = data.get("attention_bias")
         return cls(
             origin=origin,
             model_type=data.get("model_type") if isinstance(data.get("model_type"), str) else None,
@@ -164,6 +172,7 @@ class ModelShapes:
             tie_word_embeddings=tie if isinstance(tie, bool) else None,
             rope_theta=float(rope_theta) if isinstance(rope_theta, (int, float)) else None,
             llama3_rope_scaling=rope_type == "llama3",
+            attention_bias=bias if isinstance(bias, bool) else None,
         )
 
     @classmethod

@@ -50,3 +50,9 @@ def test_a_config_without_the_sizes_pruning_needs_is_refused():
 
     with pytest.raises(StageError, match="no num_hidden_layers, intermediate_size"):
         model_dims(NotALlama())
+
+
+def test_qkv_biases_as_the_config_says():
+    assert ModelShapes.from_hf_object(tiny_config("qwen2")).qkv_bias  # always in Qwen2
+    assert not ModelShapes.from_hf_object(tiny_config("llama")).qkv_bias
+    assert ModelShapes.from_hf_object(tiny_config("llama", attention_bias=True)).qkv_bias
