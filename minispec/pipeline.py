@@ -16,6 +16,7 @@ interpreter that runs minispec, so the two always come from the same environment
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -37,13 +38,14 @@ from minispec.compile import (
 )
 from minispec.console import StageOutput
 from minispec.dvcdriver import dvc_argv, dvc_env, run_dvc, tool_path
+from minispec.engines import get_engine
 from minispec.errors import PipelineError
 from minispec.offline_plots import ensure_offline_plots
 from minispec.params import parse_params
 from minispec.runlock import holding_run_lock
 from minispec.shell import join as shell_join
 from minispec.spec.load import LoadedSpec
-from minispec.steps import Stage
+from minispec.steps import Stage, resolve
 
 Echo = Callable[[str], None]
 
@@ -217,9 +219,7 @@ def run(
         discard_checkpoints(
             compiled.out_dir, [stage] if stage else [s.name for s in selected], echo
         )
-    from minispec.engines.torch.warm import stage_server
-
-    with stage_server(enabled=warm_start and compiled.spec.engine == "torch") as server_env:
+    with warm_stages(compiled.spec.engine, warm_start) as server_env:
         if stage is not None and force:
             # `dvc repro -f X` would force everything X needs too: bring those up to date
             # normally, then force X alone.
@@ -230,6 +230,13 @@ def run(
         else:
             repro(compiled.out_dir, [stage] if stage else [], monitor, force=force, env=server_env)
     monitor.summary()
+
+
+def warm_stages(engine: str, enabled: bool) -> contextlib.AbstractContextManager[dict[str, str]]:
+    """The engine's warm stage server for one ``dvc repro`` (``Engine.STAGE_SERVER``): the
+    environment entries its stages find it by; none for an engine without one."""
+    server = get_engine(engine).STAGE_SERVER
+    return resolve(server)(enabled=enabled) if server else contextlib.nullcontext({})
 
 
 def params_edits(compiled: CompiledPipeline) -> list[str]:

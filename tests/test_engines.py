@@ -57,3 +57,17 @@ def test_the_graph_holds_only_steps_the_engine_supports(tmp_path):
         # the quickstart's width variant is scored by activations: the torch engine has an
         # importance stage, the nemo engine (which scores inside gpt_prune.py) none
         assert ("importance" in {s.step for s in stages}) == (engine_name == "torch")
+
+
+def test_the_run_asks_the_engine_for_its_warm_stage_server():
+    from minispec.pipeline import warm_stages
+
+    with warm_stages("torch", True) as env:
+        assert set(env) == {"MINISPEC_STAGE_SERVER", "MINISPEC_STAGE_SERVER_OWNER"}
+        directory = Path(env["MINISPEC_STAGE_SERVER"]).parent
+        assert directory.is_dir()
+    assert not directory.exists()  # removed when the run ends
+    with warm_stages("torch", False) as env:
+        assert env == {}
+    with warm_stages("nemo", True) as env:  # NVIDIA's scripts: every stage starts cold
+        assert env == {}

@@ -45,6 +45,11 @@ class Engine(Protocol):
     SHAPE_CHECKS: tuple[str, ...]
     # its own lint rules, run after the spec's rules
     LINT_RULES: tuple[Rule, ...]
+    # runs a student's own distillation settings (prune.<v>.distill); lint refuses them if not
+    STUDENT_DISTILL: bool
+    # "module:function", (enabled: bool) -> context manager yielding the environment entries
+    # that let the stages of one `dvc repro` share a warm process; None: every stage starts cold
+    STAGE_SERVER: str | None
 
     def stage_commands(self, spec: Any, stage: Any) -> list[list[str]]:
         """The argv lists that run ``stage`` (a :class:`minispec.steps.Stage`), in order."""
