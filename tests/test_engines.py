@@ -9,7 +9,7 @@ import pytest
 
 from minispec.compile import relative_spec
 from minispec.compile.graph import attach_commands, build_graph
-from minispec.engines import ENGINE_NAMES, Engine, engines_running, get_engine
+from minispec.engines import ENGINE_NAMES, ENGINE_SUMMARIES, Engine, engines_running, get_engine
 from minispec.spec.load import load_spec
 from minispec.spec.model import prune_kinds
 from minispec.steps import BY_NAME, STEP_NAMES, STEPS, VARIANT_STEPS, resolve
@@ -26,6 +26,7 @@ def test_every_engine_implements_the_protocol(name):
         assert hasattr(engine, attribute), f"{name} engine lacks {attribute}"
     assert callable(engine.stage_commands)
     assert engine.NAME == name
+    assert ENGINE_SUMMARIES[name]  # the spec's `engine` description names every engine
     assert engine.STEPS <= set(STEP_NAMES), engine.STEPS - set(STEP_NAMES)
     assert engine.PRUNE_KINDS <= set(prune_kinds())
     for rule in engine.LINT_RULES:

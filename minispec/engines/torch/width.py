@@ -39,8 +39,6 @@ if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel
 
-IMPORTANCE_METHODS = ("activation", "magnitude", "random")
-
 
 # --------------------------------------------------------------------------------------------
 # targets
