@@ -411,7 +411,7 @@ def nemo_logs(stage_name: str, params_file: str, flavor: str) -> None:
     """Turn NeMo's TensorBoard events of STAGE (finetune, distill@VARIANT) into loss curves and metrics."""
     from minispec.engines.nemo.bridge_runtime import BRIDGE_TAGS
     from minispec.engines.nemo.logs import NEMO_TAGS, convert_stage
-    from minispec.stage import load_params
+    from minispec.params import load_params
 
     spec = load_params(Path.cwd(), params_file)
     schedule = spec.finetune if stage_name == "finetune" else spec.distill
@@ -460,7 +460,7 @@ def nemo_publish(flavor: str, source: Path, target: Path) -> None:
 def nemo_kd_config(output: Path, params_file: str) -> None:
     """Write the NeMo 2 knowledge-distillation config (gpt_train.py --kd_config) from distill.loss."""
     from minispec.engines.nemo.kd import write_kd_config
-    from minispec.stage import load_params
+    from minispec.params import load_params
 
     write_kd_config(load_params(Path.cwd(), params_file), output)
     click.echo(f"wrote {output}")
@@ -473,7 +473,7 @@ def nemo_kd_config(output: Path, params_file: str) -> None:
 def nemo_bridge_prune_metrics(variant: str, params_file: str) -> None:
     """Flavor bridge: sizes and validation loss of the student prune_minitron.py wrote for VARIANT."""
     from minispec.engines.nemo.bridge_runtime import write_prune_metrics
-    from minispec.stage import load_params
+    from minispec.params import load_params
 
     metrics = write_prune_metrics(load_params(Path.cwd(), params_file), variant, Path.cwd())
     click.echo(json.dumps(metrics, indent=2))
@@ -485,7 +485,7 @@ def nemo_bridge_prune_metrics(variant: str, params_file: str) -> None:
 def nemo_evaluate_logs(params_file: str) -> None:
     """Evaluation of flavor legacy: the validation losses NeMo measured while training."""
     from minispec.engines.nemo.evaluate import run_legacy
-    from minispec.stage import load_params
+    from minispec.params import load_params
 
     run_legacy(load_params(Path.cwd(), params_file), Path.cwd())
 

@@ -16,6 +16,7 @@ interpreter that runs minispec, so the two always come from the same environment
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -37,12 +38,14 @@ from minispec.compile import (
 )
 from minispec.console import StageOutput
 from minispec.dvcdriver import dvc_argv, dvc_env, run_dvc, tool_path
+from minispec.engines import get_engine
 from minispec.errors import PipelineError
 from minispec.offline_plots import ensure_offline_plots
+from minispec.params import parse_params
 from minispec.runlock import holding_run_lock
 from minispec.shell import join as shell_join
 from minispec.spec.load import LoadedSpec
-from minispec.steps import Stage
+from minispec.steps import Stage, resolve
 
 Echo = Callable[[str], None]
 
@@ -216,9 +219,7 @@ def run(
         discard_checkpoints(
             compiled.out_dir, [stage] if stage else [s.name for s in selected], echo
         )
-    from minispec.engines.torch.warm import stage_server
-
-    with stage_server(enabled=warm_start and compiled.spec.engine == "torch") as server_env:
+    with warm_stages(compiled.spec.engine, warm_start) as server_env:
         if stage is not None and force:
             # `dvc repro -f X` would force everything X needs too: bring those up to date
             # normally, then force X alone.
@@ -231,12 +232,18 @@ def run(
     monitor.summary()
 
 
+def warm_stages(engine: str, enabled: bool) -> contextlib.AbstractContextManager[dict[str, str]]:
+    """The engine's warm stage server for one ``dvc repro`` (``Engine.STAGE_SERVER``): the
+    environment entries its stages find it by; none for an engine without one."""
+    server = get_engine(engine).STAGE_SERVER
+    return resolve(server)(enabled=enabled) if server else contextlib.nullcontext({})
+
+
 def params_edits(compiled: CompiledPipeline) -> list[str]:
     """A warning naming every ``params.yaml`` value that differs from what the spec compiles to
     (e.g. after ``dvc exp run -S KEY=VALUE``): ``minispec run`` rewrites ``params.yaml`` from
     the spec, so such an edit is about to be undone."""
-    from minispec.compile.dvc import generated_by_minispec, split_header
-    from minispec.spec.load import parse_yaml
+    from minispec.compile.dvc import generated_by_minispec
 
     path = compiled.out_dir / layout.PARAMS_FILE
     if not path.is_file():
@@ -245,7 +252,7 @@ def params_edits(compiled: CompiledPipeline) -> list[str]:
     if generated_by_minispec(text):
         return []  # untouched since it was compiled: a spec change is no edit to warn about
     try:
-        on_disk, _ = parse_yaml(split_header(text)[1], path.name)
+        on_disk = parse_params(text, path.name)
     except Exception:  # unreadable: compiling replaces it, nothing to compare
         return []
     differing = leaf_differences(on_disk, compiled.spec.model_dump(mode="json"))
@@ -599,9 +606,7 @@ def spec_changes(compiled: CompiledPipeline) -> dict[str, list[str]]:
         else ""
     )
     dvc_text = (out_dir / layout.DVC_FILE).read_text(encoding="utf-8")
-    on_disk, _ = (
-        parse_yaml(split_header(params_text)[1], layout.PARAMS_FILE) if params_text else ({}, {})
-    )
+    on_disk = parse_params(params_text) if params_text else {}
     compiled_params = compiled.spec.model_dump(mode="json")
     declared, _ = parse_yaml(split_header(dvc_text)[1], layout.DVC_FILE)
     declared_names = stage_names(declared)

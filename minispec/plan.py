@@ -31,6 +31,8 @@ import math
 import os
 from dataclasses import dataclass, field
 
+from minispec.engines import get_engine
+
 GiB = 1024**3
 
 # name: (memory in bytes, bf16/fp32 dense matmul rate in TFLOP/s as measured or spec'd, training
@@ -481,10 +483,10 @@ def assumptions(spec, device: Device) -> list[str]:
         notes.append(
             f"evaluate.max_windows is unset: assumed {ASSUMED_EVAL_WINDOWS} windows per split"
         )
-    if spec.engine == "nemo":
+    if get_engine(spec.engine).MODEL_PARALLEL:
         notes.append(
-            "the estimate models the torch engine's trainer; NeMo's tensor and pipeline "
-            "parallelism split memory differently"
+            f"the estimate models the torch engine's trainer; the {spec.engine} engine's tensor "
+            "and pipeline parallelism split memory differently"
         )
     if spec.search_variants:
         notes.append("a search variant is planned at its largest candidate")

@@ -22,6 +22,25 @@ def _int(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
+# the config.json keys from_hf_config reads
+_HF_CONFIG_KEYS = (
+    "model_type",
+    "num_hidden_layers",
+    "hidden_size",
+    "intermediate_size",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "max_position_embeddings",
+    "vocab_size",
+    "tie_word_embeddings",
+    "rope_theta",
+    "rope_scaling",
+    "rope_parameters",
+    "attention_bias",
+)
+
+
 @dataclass(frozen=True)
 class ModelShapes:
     origin: str  # where the numbers come from, for messages: "config.json in DIR", "GGUF metadata of FILE"
@@ -37,6 +56,7 @@ class ModelShapes:
     tie_word_embeddings: bool | None = None  # None: the source does not say
     rope_theta: float | None = None
     llama3_rope_scaling: bool | None = None  # Llama 3.1's RoPE scaling
+    attention_bias: bool | None = None  # q/k/v/o biases where the config says so (Llama's option)
 
     def describe(self) -> str:
         return (
@@ -68,6 +88,50 @@ class ModelShapes:
     def tie_embeddings(self) -> bool:
         return bool(self.tie_word_embeddings)
 
+    @property
+    def qkv_bias(self) -> bool:
+        """q/k/v projections with biases: always in Qwen2, by ``attention_bias`` elsewhere."""
+        return self.model_type == "qwen2" or bool(self.attention_bias)
+
+    @property
+    def heads_per_group(self) -> int:
+        """Query heads per key/value group (pruning keeps or drops whole groups)."""
+        return self.num_attention_heads // self.num_key_value_heads  # type: ignore[operator]
+
+    # ---- the dictionaries stages write ------------------------------------------------------
+
+    def as_dict(self) -> dict:
+        """The sizes pruning changes, in Megatron's names: the metadata of an importance file
+        and the ``model`` of its metrics. The keys are fixed: files written before stay valid."""
+        return {
+            "num_layers": self.num_layers,
+            "hidden_size": self.hidden_size,
+            "ffn_hidden_size": self.ffn_hidden_size,
+            "num_attention_heads": self.num_attention_heads,
+            "num_query_groups": self.num_query_groups,
+            "head_dim": self.head_dim,
+            "vocab_size": self.vocab_size,
+            "tied_embeddings": self.tie_embeddings,
+        }
+
+    def architecture(self) -> dict[str, int | str | None]:
+        """The architecture numbers that metrics and model cards report, in Hugging Face's
+        names (the same keys everywhere)."""
+        return {
+            "model_type": self.model_type,
+            "num_hidden_layers": self.num_hidden_layers,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_attention_heads": self.num_attention_heads,
+            "num_key_value_heads": self.num_key_value_heads,
+            "head_dim": self.head_dim,
+            "vocab_size": self.vocab_size,
+        }
+
+    def unknown(self, *names: str) -> list[str]:
+        """Those of ``names`` (fields or properties) the source did not give."""
+        return [name for name in names if getattr(self, name) is None]
+
     # ---- constructors -----------------------------------------------------------------------
 
     @classmethod
@@ -93,6 +157,7 @@ class ModelShapes:
         )
         rope_theta = data.get("rope_theta", nested.get("rope_theta", 10000.0))
         tie = data.get("tie_word_embeddings")
+        bias = data.get("attention_bias")
         return cls(
             origin=origin,
             model_type=data.get("model_type") if isinstance(data.get("model_type"), str) else None,
@@ -107,7 +172,15 @@ class ModelShapes:
             tie_word_embeddings=tie if isinstance(tie, bool) else None,
             rope_theta=float(rope_theta) if isinstance(rope_theta, (int, float)) else None,
             llama3_rope_scaling=rope_type == "llama3",
+            attention_bias=bias if isinstance(bias, bool) else None,
         )
+
+    @classmethod
+    def from_hf_object(cls, config: Any, origin: str = "the model's config") -> ModelShapes:
+        """Shapes of a loaded transformers ``PretrainedConfig``, read by attribute (duck-typed:
+        nothing is imported). Attributes it lacks count as keys ``config.json`` lacks."""
+        data = {key: getattr(config, key) for key in _HF_CONFIG_KEYS if hasattr(config, key)}
+        return cls.from_hf_config(data, origin)
 
     @classmethod
     def from_gguf(

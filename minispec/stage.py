@@ -16,26 +16,12 @@ import sys
 from pathlib import Path
 
 from minispec.errors import NotBuiltError, StageError
+from minispec.params import load_params
 from minispec.steps import BY_NAME, STEP_NAMES, VARIANT_STEPS
 from minispec.timing import StartupPhases
 
 # top-level modules of the `torch` extra (pyproject.toml)
 TORCH_EXTRA = {"torch", "transformers", "tokenizers", "datasets", "gguf", "accelerate"}
-
-
-def load_params(root: Path, params_file: str = "params.yaml"):
-    """The resolved spec the compiler wrote to ``params.yaml``."""
-    from minispec.spec.load import read_document
-    from minispec.spec.model import Spec
-
-    path = root / params_file
-    if not path.exists():
-        raise StageError(
-            f"{path} not found",
-            hint="stages run from the directory of the compiled dvc.yaml; run `minispec compile` first",
-        )
-    raw, _ = read_document(path)
-    return Spec.model_validate(raw)
 
 
 def run_stage(name: str, variant: str | None, root: Path, params_file: str = "params.yaml") -> None:

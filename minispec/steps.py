@@ -36,6 +36,10 @@ class Step:
     variant: bool = False  # one stage per prune variant: NAME@<variant>
     trains: bool = False  # a training loop: loss curves, training metrics, resumable state
     distributed: bool = False  # runs models over batches: one process per GPU with devices > 1
+    # a training step whose curves the report and `dvc plots` show: the loss its training curve
+    # is ("CE", "KD": never on one axis) and how the report names its stages ("{variant}")
+    curves: str | None = None
+    label: str | None = None
 
 
 GRAPH = "minispec.compile.graph"
@@ -54,6 +58,8 @@ STEPS: tuple[Step, ...] = (
         f"{TORCH}.train_stage:run_finetune",
         trains=True,
         distributed=True,
+        curves="CE",
+        label="teacher correction",
     ),
     Step(
         "importance",
@@ -78,6 +84,8 @@ STEPS: tuple[Step, ...] = (
         variant=True,
         trains=True,
         distributed=True,
+        curves="KD",
+        label="student {variant}",
     ),
     Step("evaluate", f"{GRAPH}:evaluate_stages", f"{TORCH}.evaluate:run", distributed=True),
     Step("report", f"{GRAPH}:report_stages", "minispec.report:run_stage"),
@@ -100,6 +108,46 @@ def resolve(reference: str) -> Any:
 def step_of(stage_name: str) -> str:
     """``distill@width`` → ``distill``."""
     return stage_name.split("@")[0]
+
+
+# the longest name first: ``search-distill-w-0`` is a search-distill file, not a search one
+_BY_LENGTH = sorted(STEPS, key=lambda s: -len(s.name))
+
+
+def step_of_file(name: str) -> tuple[Step, str | None] | None:
+    """The step and variant of a per-stage file or directory name (``layout.log_dir``,
+    ``layout.metrics_path``: ``@`` is written ``-``, so ``distill-width`` is ``distill@width``);
+    None for a name no step writes."""
+    for step in _BY_LENGTH:
+        if name == step.name and not step.variant:
+            return step, None
+        if step.variant and name.startswith(step.name + "-") and len(name) > len(step.name) + 1:
+            return step, name[len(step.name) + 1 :]
+    return None
+
+
+def plotted_curves(name: str) -> str | None:
+    """The loss of a stage's training curves when the report plots them (``Step.curves``); the
+    stage as its name or as its file name."""
+    found = step_of_file(name.replace("@", "-"))
+    return found[0].curves if found else None
+
+
+def stage_order(name: str) -> tuple[int, str]:
+    """Sort key: the plotted training stages first, in step-table order, then the rest; by name
+    within each."""
+    found = step_of_file(name.replace("@", "-"))
+    plotted = [s.name for s in STEPS if s.curves]
+    step = found[0].name if found and found[0].curves else None
+    return (plotted.index(step) if step else len(plotted), name)
+
+
+def stage_label(name: str) -> str:
+    """How the report names a stage (``Step.label``); its name when the step has no label."""
+    found = step_of_file(name.replace("@", "-"))
+    if found is None or found[0].label is None:
+        return name
+    return found[0].label.format(variant=found[1])
 
 
 # --------------------------------------------------------------------------------------------

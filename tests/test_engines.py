@@ -9,7 +9,7 @@ import pytest
 
 from minispec.compile import relative_spec
 from minispec.compile.graph import attach_commands, build_graph
-from minispec.engines import ENGINE_NAMES, Engine, engines_running, get_engine
+from minispec.engines import ENGINE_NAMES, ENGINE_SUMMARIES, Engine, engines_running, get_engine
 from minispec.spec.load import load_spec
 from minispec.spec.model import prune_kinds
 from minispec.steps import BY_NAME, STEP_NAMES, STEPS, VARIANT_STEPS, resolve
@@ -26,6 +26,7 @@ def test_every_engine_implements_the_protocol(name):
         assert hasattr(engine, attribute), f"{name} engine lacks {attribute}"
     assert callable(engine.stage_commands)
     assert engine.NAME == name
+    assert ENGINE_SUMMARIES[name]  # the spec's `engine` description names every engine
     assert engine.STEPS <= set(STEP_NAMES), engine.STEPS - set(STEP_NAMES)
     assert engine.PRUNE_KINDS <= set(prune_kinds())
     for rule in engine.LINT_RULES:
@@ -57,3 +58,17 @@ def test_the_graph_holds_only_steps_the_engine_supports(tmp_path):
         # the quickstart's width variant is scored by activations: the torch engine has an
         # importance stage, the nemo engine (which scores inside gpt_prune.py) none
         assert ("importance" in {s.step for s in stages}) == (engine_name == "torch")
+
+
+def test_the_run_asks_the_engine_for_its_warm_stage_server():
+    from minispec.pipeline import warm_stages
+
+    with warm_stages("torch", True) as env:
+        assert set(env) == {"MINISPEC_STAGE_SERVER", "MINISPEC_STAGE_SERVER_OWNER"}
+        directory = Path(env["MINISPEC_STAGE_SERVER"]).parent
+        assert directory.is_dir()
+    assert not directory.exists()  # removed when the run ends
+    with warm_stages("torch", False) as env:
+        assert env == {}
+    with warm_stages("nemo", True) as env:  # NVIDIA's scripts: every stage starts cold
+        assert env == {}

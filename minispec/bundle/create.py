@@ -29,6 +29,7 @@ from minispec import layout
 from minispec.bundle import dvchash
 from minispec.bundle.archive import ArchiveWriter, BundleError
 from minispec.bundle.dvchash import FileDigest, Hasher, HashingReader, Lock, LockEntry
+from minispec.params import read_params, validate_params
 
 FORMAT = "minispec-bundle"
 FORMAT_VERSION = 1
@@ -89,7 +90,7 @@ def create_bundle(
         lock = dvchash.read_lock(lock_text)
     except ValueError as exc:
         raise BundleError(f"{root / LOCK_FILE}: {exc}") from None
-    params = _read_params(root)
+    params = read_params(root / layout.PARAMS_FILE)
     spec_file = spec_file or find_spec_file(root)
     refuse_output(root, output, lock, spec_file, force=force)
 
@@ -112,7 +113,12 @@ def create_bundle(
             _add_bytes(
                 writer, manifest, f"{SPEC_DIR}/{Path(spec_file).name}", Path(spec_file).read_bytes()
             )
-        _add_bytes(writer, manifest, RESOLVED_SPEC, _json_bytes(resolved_spec(params)))
+        _add_bytes(
+            writer,
+            manifest,
+            RESOLVED_SPEC,
+            _json_bytes(validate_params(params).model_dump(mode="json")),
+        )
         for rel in files:
             hasher = Hasher(legacy=lock.needs_legacy)
             writer.add_file(
@@ -333,30 +339,3 @@ def spec_named_by_header(root: Path) -> Path | None:
         return None
     spec = root / header.source.split(" --set ", 1)[0]
     return spec if spec.is_file() else None
-
-
-def _read_params(root: Path) -> dict[str, Any]:
-    from minispec.spec.load import read_document
-
-    raw, _ = read_document(root / layout.PARAMS_FILE)
-    if not isinstance(raw, dict):
-        raise BundleError(
-            f"{root / layout.PARAMS_FILE}: not a mapping",
-            hint="recompile the spec with `minispec compile`",
-        )
-    return raw
-
-
-def resolved_spec(params: dict[str, Any]) -> dict[str, Any]:
-    """params.yaml validated as a Spec with every default filled (what the stages ran with)."""
-    from pydantic import ValidationError
-
-    from minispec.spec.model import Spec
-
-    try:
-        return Spec.model_validate(params).model_dump(mode="json")
-    except ValidationError as exc:
-        raise BundleError(
-            f"params.yaml is not a valid resolved spec ({exc.error_count()} problems)",
-            hint="recompile the spec with this minispec version (`minispec compile`)",
-        ) from None

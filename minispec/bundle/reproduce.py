@@ -30,6 +30,7 @@ from minispec.bundle.create import LOCK_FILE, PIPELINE, PIPELINE_FILES
 from minispec.bundle.verify import verify_bundle
 from minispec.dvcdriver import dvc_argv, dvc_env
 from minispec.errors import PipelineError
+from minispec.params import parse_params, read_params
 
 TIMING = re.compile(r"(per_second|seconds|latency|throughput|duration|elapsed|(^|_)time$)")
 # how a run came about, not what it produced: a run resumed after a kill records the step it
@@ -194,7 +195,7 @@ def reproduce_bundle(
 
     from minispec.bundle.environment import capture, differences
 
-    params = _params(workspace)
+    params = read_params(workspace / layout.PARAMS_FILE)
     result = ReproduceResult(
         directory,
         workspace,
@@ -239,10 +240,9 @@ def build_workspace(
 def refuse_remote_code(verified, allowed: bool) -> None:
     """The bundle's author chose trust_remote_code; the person reproducing must choose it too."""
     from minispec.bundle.verify import PARAMS_MEMBER
-    from minispec.spec.load import parse_yaml
 
-    params, _ = parse_yaml(verified.contents[PARAMS_MEMBER].decode("utf-8"), layout.PARAMS_FILE)
-    teacher = params.get("teacher") if isinstance(params, dict) else None
+    params = parse_params(verified.contents[PARAMS_MEMBER].decode("utf-8"))
+    teacher = params.get("teacher")
     if isinstance(teacher, dict) and teacher.get("trust_remote_code") is True and not allowed:
         raise BundleError(
             f"{verified.path}: the bundled spec sets teacher.trust_remote_code: true, so reproducing it would run Python code from the teacher's repository ({teacher.get('source')}); refused",
@@ -261,13 +261,6 @@ def check_workspace_commands(workspace: Path) -> None:
             "refusing to run the bundle's pipeline:\n  " + "\n  ".join(problems),
             hint="only pipelines minispec compiled from the bundled spec are reproduced",
         )
-
-
-def _params(workspace: Path) -> dict[str, Any]:
-    from minispec.spec.load import read_document
-
-    raw, _ = read_document(workspace / layout.PARAMS_FILE)
-    return raw if isinstance(raw, dict) else {}
 
 
 def _compare_outs(lock: dvchash.Lock, workspace: Path, result: ReproduceResult) -> None:

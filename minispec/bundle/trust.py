@@ -23,6 +23,7 @@ from typing import Any
 
 from minispec import layout
 from minispec.bundle.dvchash import Lock
+from minispec.params import parse_params, validate_params
 
 PIPELINE = "pipeline"
 SPEC_DIR = "spec"
@@ -176,16 +177,13 @@ def compile_params(params_text: str) -> str:
 
     params.yaml's paths are already relative to the pipeline directory, as the compiler wrote them.
     """
-    from minispec.compile.dvc import pipeline_document, render_yaml, split_header
+    from minispec.compile.dvc import pipeline_document, render_yaml
     from minispec.compile.graph import attach_commands, build_graph
     from minispec.report.dvcplots import dvc_plots
-    from minispec.spec.load import parse_yaml
-    from minispec.spec.model import Spec
 
-    raw, _ = parse_yaml(split_header(params_text)[1], layout.PARAMS_FILE)
-    spec = Spec.model_validate(raw)
+    spec = validate_params(parse_params(params_text))
     stages = attach_commands(spec, build_graph(spec))
-    return render_yaml(pipeline_document(stages, report_plots=dvc_plots(spec)))
+    return render_yaml(pipeline_document(stages, report_plots=dvc_plots(spec, stages)))
 
 
 def describe_differences(actual_text: str, expected_text: str) -> list[str]:

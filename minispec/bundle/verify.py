@@ -32,6 +32,7 @@ from minispec.bundle.create import (
     checkable_entries,
 )
 from minispec.bundle.dvchash import FileDigest, Lock, LockEntry
+from minispec.params import parse_params
 
 KEEP_LIMIT = 64 << 20  # small members kept in memory for the checks (manifest, lock, listings)
 LOCK_MEMBER = f"{PIPELINE}/{LOCK_FILE}"
@@ -200,10 +201,7 @@ def _pipeline_problems(contents: dict[str, bytes]) -> list[str]:
         return [f"{DVC_MEMBER} or {PARAMS_MEMBER}: not UTF-8 text"]
     problems = trust.command_problems(dvc_text, params_text)
     if not problems:
-        from minispec.spec.load import parse_yaml
-
-        params, _ = parse_yaml(params_text, layout.PARAMS_FILE)
-        problems = trust.params_path_problems(params if isinstance(params, dict) else {})
+        problems = trust.params_path_problems(parse_params(params_text))
     return problems
 
 

@@ -25,6 +25,7 @@ from minispec.compile.dvc import (
 )
 from minispec.compile.graph import attach_commands, build_graph, owner_of, upstream_closure
 from minispec.errors import CompileError, PipelineError
+from minispec.params import params_text
 from minispec.report.dvcplots import dvc_plots
 from minispec.shapes import teacher_paths_relative_to
 from minispec.sources import parse_source
@@ -87,16 +88,13 @@ def compile_pipeline(loaded: LoadedSpec, out_dir: str | os.PathLike[str]) -> Com
     with teacher_paths_relative_to(out_dir):  # the paths of `spec` are, from here on
         stages = attach_commands(spec, build_graph(spec))
     source = source_description(loaded, out_dir)
-    dvc_body = render_yaml(pipeline_document(stages, report_plots=dvc_plots(spec)))
-    params_body = render_yaml(spec.model_dump(mode="json"))
+    dvc_body = render_yaml(pipeline_document(stages, report_plots=dvc_plots(spec, stages)))
     return CompiledPipeline(
         out_dir=out_dir,
         spec=spec,
         stages=stages,
         dvc_yaml=with_header(dvc_body, source, "The DVC pipeline of the spec."),
-        params_yaml=with_header(
-            params_body, source, "The resolved spec: every stage reads its settings here."
-        ),
+        params_yaml=params_text(spec, source),
     )
 
 

@@ -5,8 +5,9 @@ in :data:`ENGINES`. The compiler asks it for each stage's commands, the linter f
 rules and for the steps it supports; nothing outside the engine's package branches on its name.
 This module imports no engine: :func:`get_engine` imports the one a spec names.
 
-To add an engine: a package ``minispec/engines/<name>/`` with an ``engine`` module, and one
-entry in :data:`ENGINES` (the spec's ``engine`` field and its JSON Schema follow it).
+To add an engine: a package ``minispec/engines/<name>/`` with an ``engine`` module, and its
+entries in :data:`ENGINES` and :data:`ENGINE_SUMMARIES` (the spec's ``engine`` field and its
+JSON Schema follow them).
 """
 
 from __future__ import annotations
@@ -24,6 +25,11 @@ ENGINES: dict[str, str] = {
     "nemo": "minispec.engines.nemo.engine",
 }
 ENGINE_NAMES: tuple[str, ...] = tuple(ENGINES)
+# engine name → what it is, for the spec's `engine` field (and its JSON Schema description)
+ENGINE_SUMMARIES: dict[str, str] = {
+    "torch": "embedded engine (CPU, one GPU, several GPUs via torchrun)",
+    "nemo": "NeMo Framework scripts on GPU clusters",
+}
 
 # a lint rule: (loaded spec) -> problems; ``rule.needs`` names the top-level blocks it reads
 Rule = Callable[[Any], "Iterable[Problem]"]
@@ -45,6 +51,11 @@ class Engine(Protocol):
     SHAPE_CHECKS: tuple[str, ...]
     # its own lint rules, run after the spec's rules
     LINT_RULES: tuple[Rule, ...]
+    # runs a student's own distillation settings (prune.<v>.distill); lint refuses them if not
+    STUDENT_DISTILL: bool
+    # "module:function", (enabled: bool) -> context manager yielding the environment entries
+    # that let the stages of one `dvc repro` share a warm process; None: every stage starts cold
+    STAGE_SERVER: str | None
 
     def stage_commands(self, spec: Any, stage: Any) -> list[list[str]]:
         """The argv lists that run ``stage`` (a :class:`minispec.steps.Stage`), in order."""

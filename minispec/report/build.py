@@ -90,7 +90,7 @@ def report_directory(root: Path, out_dir: Path | None = None) -> Report:
     root = Path(root)
     spec = None
     if (root / layout.PARAMS_FILE).is_file():
-        from minispec.stage import load_params
+        from minispec.params import load_params
 
         spec = load_params(root)
     return build_report(root, out_dir, spec)

@@ -20,16 +20,14 @@ from typing import Any
 
 from minispec import layout
 from minispec.errors import MinispecError
-
-FINETUNE_STAGE = "finetune"
-DISTILL_PREFIX = "distill-"  # log_dir("distill@v") is logs/distill-v
+from minispec.steps import stage_order
 
 
 @dataclass
 class Curve:
     """One DVCLive series: ``steps[i]`` ↔ ``values[i]``."""
 
-    stage: str  # log directory name: finetune, distill-<variant>
+    stage: str  # log directory name (layout.log_dir): finetune, distill-<variant>
     split: str  # train | val
     path: str  # relative to the pipeline root
     steps: list[int]
@@ -104,15 +102,9 @@ class RunData:
 
 
 def sort_stages(stages: set[str] | list[str]) -> list[str]:
-    return sorted(stages, key=lambda s: (s != FINETUNE_STAGE, not s.startswith(DISTILL_PREFIX), s))
-
-
-def stage_label(stage: str) -> str:
-    if stage == FINETUNE_STAGE:
-        return "teacher correction"
-    if stage.startswith(DISTILL_PREFIX):
-        return f"student {stage[len(DISTILL_PREFIX) :]}"
-    return stage
+    """Teacher correction first, then the students by name, then the other stages by name (the
+    step table's ``curves`` steps, in its order)."""
+    return sorted(stages, key=stage_order)
 
 
 # --------------------------------------------------------------------------------------------

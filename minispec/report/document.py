@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from minispec.report.blocks import Block
-from minispec.report.collect import ModelRow, RunData, sort_stages, stage_label
+from minispec.report.collect import ModelRow, RunData, sort_stages
 from minispec.report.plots import FigureInfo
+from minispec.steps import plotted_curves, stage_label
 
 SPLITS = ("validation", "test")
 TRAINING_COLUMNS = (
@@ -131,9 +132,7 @@ def models_table(data: RunData) -> Block:
 
 
 def training_table(data: RunData) -> Block | None:
-    stages = sort_stages(
-        [s for s in data.stage_metrics if s == "finetune" or s.startswith("distill-")]
-    )
+    stages = sort_stages([s for s in data.stage_metrics if plotted_curves(s)])
     if not stages:
         return None
     header = ("stage",) + tuple(label for _, label, _ in TRAINING_COLUMNS)
@@ -153,7 +152,7 @@ def training_cell(stage: str, key: str, value: Any, kind: str) -> str:
     correction, the KD objective for a student: not comparable with the CE columns)."""
     text = fmt(value, kind)
     if key == "final_train_loss" and text != "–":
-        text += " (CE)" if stage == "finetune" else " (KD)"
+        text += f" ({plotted_curves(stage)})"
     return text
 
 
@@ -161,7 +160,7 @@ def other_metrics(data: RunData) -> Block | None:
     """Numbers of the other stages (prune, ...) as one table: stage, metric, value."""
     rows = []
     for stage in sorted(data.stage_metrics):
-        if stage == "finetune" or stage.startswith("distill-"):
+        if plotted_curves(stage):  # in the training table
             continue
         for key, value in _flatten(data.stage_metrics[stage]):
             if isinstance(value, (int, float)) and not isinstance(value, bool):

@@ -2,25 +2,29 @@
 
 ``dvc plots show`` (and ``dvc plots diff`` across experiments) then renders the same loss curves
 as the report, straight from the DVCLive TSVs, plus the model comparison and the per-layer depth
-importance from the report's ``data/*.json``. A pure function of the spec: the compiler calls it
-and writes the result under ``plots:`` (no matplotlib, no DVC import here).
+importance from the report's ``data/*.json``. A pure function of the spec and its compiled
+stages (which training stages have curves is the step table's ``curves``): the compiler calls
+it and writes the result under ``plots:`` (no matplotlib, no DVC import here).
 """
 
 from __future__ import annotations
 
 from minispec import layout
+from minispec.steps import BY_NAME, STEP_NAMES, Stage
 
 
-def training_stages(spec) -> list[str]:
-    """Log directory names of the training stages: teacher correction, then students by name."""
-    stages = ["finetune"] if spec.finetune is not None else []
-    return stages + [f"distill-{v}" for v in sorted(spec.students)]
+def plotted_training_stages(stages: list[Stage]) -> list[Stage]:
+    """The compiled training stages whose curves are plotted (``Step.curves``): in step-table
+    order (teacher correction first), students by variant name."""
+    plotted = [s for s in stages if BY_NAME[s.step].curves]
+    return sorted(plotted, key=lambda s: (STEP_NAMES.index(s.step), s.variant or ""))
 
 
-def dvc_plots(spec) -> list[dict]:
-    """Plot definitions in DVC's top-level format: ``[{id: {template, x, y, title, ...}}, ...]``."""
-    stages = training_stages(spec)
-    students = [stage for stage in stages if stage != "finetune"]
+def dvc_plots(spec, stages: list[Stage]) -> list[dict]:
+    """Plot definitions in DVC's top-level format: ``[{id: {template, x, y, title, ...}}, ...]``;
+    ``stages``: the spec's compiled stages."""
+    training = plotted_training_stages(stages)
+    curve_stages = [s.name for s in training]
     plots: list[dict] = []
     # teacher correction trains on CE, distillation on a KD loss (values near 0): never one axis
     curves = [
@@ -29,21 +33,21 @@ def dvc_plots(spec) -> list[dict]:
             "Validation loss (CE)",
             "validation CE loss",
             layout.val_curve_path,
-            stages,
+            curve_stages,
         ),
         (
             "train_loss_ce",
             "Training loss: teacher correction (CE)",
             "train CE loss",
             layout.train_curve_path,
-            [s for s in stages if s == "finetune"],
+            [s.name for s in training if BY_NAME[s.step].curves == "CE"],
         ),
         (
             "train_loss_kd",
             "Training loss: distillation (KD)",
             "train KD loss",
             layout.train_curve_path,
-            students,
+            [s.name for s in training if BY_NAME[s.step].curves == "KD"],
         ),
     ]
     for name, title, y_label, path, members in curves:

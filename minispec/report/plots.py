@@ -13,7 +13,8 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from minispec.report.collect import RunData, stage_label
+from minispec.report.collect import RunData
+from minispec.steps import plotted_curves, stage_label
 
 FIG_SIZE = (8.0, 4.5)  # inches
 DPI = 100
@@ -84,7 +85,8 @@ def plot_stage_validation(data: RunData, stage: str, out_dir: Path) -> FigureInf
 
 def _reference_model(data: RunData, stage: str) -> tuple[str, float] | None:
     """The evaluated loss a stage is read against: the teacher it corrects or distills from."""
-    keys = ["teacher"] if stage == "finetune" else ["teacher_corrected", "teacher"]
+    corrects_teacher = plotted_curves(stage) == "CE"  # teacher correction trains on CE
+    keys = ["teacher"] if corrects_teacher else ["teacher_corrected", "teacher"]
     for key in keys:
         model = data.model(key)
         if model and model.number("validation_loss") is not None:
@@ -116,7 +118,7 @@ def train_loss_groups(data: RunData) -> dict[str, list[str]]:
     groups: dict[str, list[str]] = {"ce": [], "kd": []}
     for stage in data.stages:
         if data.curve(stage, "train"):
-            groups["ce" if stage == "finetune" else "kd"].append(stage)
+            groups["ce" if plotted_curves(stage) == "CE" else "kd"].append(stage)
     return {kind: stages for kind, stages in groups.items() if stages}
 
 

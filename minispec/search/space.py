@@ -16,23 +16,9 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+from minispec.shapes import ModelShapes
+
 AXES = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads")
-
-
-@dataclass(frozen=True)
-class TeacherDims:
-    """What the enumeration needs to know about the teacher."""
-
-    model_type: str
-    num_layers: int
-    hidden_size: int
-    ffn_hidden_size: int
-    num_attention_heads: int
-    num_query_groups: int
-    head_dim: int
-    vocab_size: int
-    tie_word_embeddings: bool
-    qkv_bias: bool = False  # Qwen2 has q/k/v biases
 
 
 @dataclass(frozen=True)
@@ -66,7 +52,7 @@ class Candidate:
         }
 
 
-def teacher_arch(dims: TeacherDims) -> Arch:
+def teacher_arch(dims: ModelShapes) -> Arch:
     return Arch(
         dims.num_layers,
         dims.hidden_size,
@@ -76,7 +62,7 @@ def teacher_arch(dims: TeacherDims) -> Arch:
     )
 
 
-def count_params(arch: Arch, dims: TeacherDims) -> tuple[int, int]:
+def count_params(arch: Arch, dims: ModelShapes) -> tuple[int, int]:
     """(total, non-embedding) parameters of a Llama-style decoder with ``arch``'s sizes.
 
     Per layer: q ``[heads·hd, H]``, k/v ``[groups·hd, H]``, o ``[H, heads·hd]``, gate/up
@@ -88,7 +74,7 @@ def count_params(arch: Arch, dims: TeacherDims) -> tuple[int, int]:
     attention = h * q + 2 * h * kv + q * h + ((q + 2 * kv) if dims.qkv_bias else 0)
     mlp = 3 * h * arch.ffn_hidden_size
     non_embedding = arch.num_layers * (attention + mlp + 2 * h) + h
-    embedding = dims.vocab_size * h * (1 if dims.tie_word_embeddings else 2)
+    embedding = dims.vocab_size * h * (1 if dims.tie_embeddings else 2)
     return non_embedding + embedding, non_embedding
 
 
@@ -111,7 +97,7 @@ def fractions(count: int, max_pruning: float) -> list[float]:
     return [1.0 - max_pruning * i / (count - 1) for i in range(count)]
 
 
-def head_choices(dims: TeacherDims, settings) -> list[int]:
+def head_choices(dims: ModelShapes, settings) -> list[int]:
     groups = dims.num_query_groups
     if "num_attention_heads" in settings.hparams_to_skip:
         return [dims.num_attention_heads]
@@ -132,14 +118,14 @@ def width_choices(size: int, settings, axis: str, unit: int) -> list[int]:
     return sorted(values, reverse=True)
 
 
-def layer_choices(dims: TeacherDims, settings) -> list[int]:
+def layer_choices(dims: ModelShapes, settings) -> list[int]:
     if "num_layers" in settings.hparams_to_skip:
         return [dims.num_layers]
     least = max(1, math.ceil(dims.num_layers * (1 - settings.max_depth_pruning)))
     return list(range(dims.num_layers, least - 1, -settings.depth_step))
 
 
-def hidden_unit(dims: TeacherDims, heads: list[int]) -> int:
+def hidden_unit(dims: ModelShapes, heads: list[int]) -> int:
     """Llama needs hidden % heads == 0: round hidden sizes to a multiple of every head choice
     when that unit is small enough to leave choices, else to the plain unit (and filter)."""
     unit = rounding_unit(dims.hidden_size)
@@ -166,7 +152,7 @@ def budget(settings) -> int:
     )
 
 
-def all_architectures(dims: TeacherDims, settings) -> list[Arch]:
+def all_architectures(dims: ModelShapes, settings) -> list[Arch]:
     heads = head_choices(dims, settings)
     hiddens = width_choices(dims.hidden_size, settings, "hidden_size", hidden_unit(dims, heads))
     ffns = width_choices(
@@ -186,7 +172,7 @@ def all_architectures(dims: TeacherDims, settings) -> list[Arch]:
     return archs
 
 
-def enumerate_candidates(dims: TeacherDims, settings) -> list[Candidate]:
+def enumerate_candidates(dims: ModelShapes, settings) -> list[Candidate]:
     """Architectures whose parameter count is within ``budget_tolerance`` below the budget,
     the largest first (ties by sizes, deeper first), at most ``max_candidates``."""
     target = budget(settings)
@@ -214,7 +200,7 @@ def astuple_arch(arch: Arch) -> tuple[int, ...]:
     )
 
 
-def parameter_range(dims: TeacherDims, settings) -> tuple[int, int] | None:
+def parameter_range(dims: ModelShapes, settings) -> tuple[int, int] | None:
     """Smallest and largest budget value over every architecture the settings allow (for hints)."""
     values = [
         budget_value(settings, *count_params(arch, dims))
@@ -224,49 +210,36 @@ def parameter_range(dims: TeacherDims, settings) -> tuple[int, int] | None:
 
 
 # --------------------------------------------------------------------------------------------
-# the teacher's dimensions from lint's shapes or from a transformers config
+# the teacher's dimensions: the one shape model (minispec.shapes), when complete
 
 
-def dims_from_shapes(shapes) -> TeacherDims | None:
-    """From lint's TeacherShapes; None when a number the count needs is unknown."""
+def dims_from_shapes(shapes: ModelShapes) -> ModelShapes | None:
+    """The teacher's shapes (lint's, or a stage's from its config), None when a number the
+    count needs is unknown."""
     needed = (
-        shapes.num_hidden_layers,
-        shapes.hidden_size,
-        shapes.intermediate_size,
-        shapes.num_attention_heads,
-        shapes.num_key_value_heads,
-        shapes.head_dim,
-        shapes.vocab_size,
-        shapes.tie_word_embeddings,
+        "num_hidden_layers",
+        "hidden_size",
+        "intermediate_size",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "head_dim",
+        "vocab_size",
+        "tie_word_embeddings",
     )
-    if any(value is None for value in needed):
-        return None
-    return TeacherDims(
-        model_type=shapes.model_type or "",
-        num_layers=shapes.num_hidden_layers,
-        hidden_size=shapes.hidden_size,
-        ffn_hidden_size=shapes.intermediate_size,
-        num_attention_heads=shapes.num_attention_heads,
-        num_query_groups=shapes.num_key_value_heads,
-        head_dim=shapes.head_dim,
-        vocab_size=shapes.vocab_size,
-        tie_word_embeddings=shapes.tie_word_embeddings,
-        qkv_bias=shapes.model_type == "qwen2",
-    )
+    return None if shapes.unknown(*needed) else shapes
 
 
-def dims_from_config(config) -> TeacherDims:
-    """From a transformers config (the stages)."""
-    heads = config.num_attention_heads
-    return TeacherDims(
-        model_type=config.model_type,
-        num_layers=config.num_hidden_layers,
-        hidden_size=config.hidden_size,
-        ffn_hidden_size=config.intermediate_size,
-        num_attention_heads=heads,
-        num_query_groups=getattr(config, "num_key_value_heads", None) or heads,
-        head_dim=getattr(config, "head_dim", None) or config.hidden_size // heads,
-        vocab_size=config.vocab_size,
-        tie_word_embeddings=bool(getattr(config, "tie_word_embeddings", False)),
-        qkv_bias=config.model_type == "qwen2" or bool(getattr(config, "attention_bias", False)),
-    )
+def teacher_record(dims: ModelShapes) -> dict:
+    """The teacher's sizes as the search's candidates file records them (Megatron's names)."""
+    return {
+        "model_type": dims.model_type,
+        "num_layers": dims.num_layers,
+        "hidden_size": dims.hidden_size,
+        "ffn_hidden_size": dims.ffn_hidden_size,
+        "num_attention_heads": dims.num_attention_heads,
+        "num_query_groups": dims.num_query_groups,
+        "head_dim": dims.head_dim,
+        "vocab_size": dims.vocab_size,
+        "tie_word_embeddings": dims.tie_embeddings,
+        "qkv_bias": dims.qkv_bias,
+    }

@@ -25,7 +25,8 @@ from pathlib import Path
 from minispec import layout
 from minispec.errors import StageError
 from minispec.fsio import read_metrics_record, write_json_atomic, write_metrics
-from minispec.search.space import Arch, budget, dims_from_config, enumerate_candidates
+from minispec.search.space import Arch, budget, enumerate_candidates, teacher_record
+from minispec.shapes import ModelShapes
 
 CANDIDATE_FILE = "candidate.json"  # inside each slot's pruned model directory
 CANDIDATE_KEYS = (
@@ -144,7 +145,7 @@ def run_search(spec, variant: str | None, root: Path) -> None:
     settings = search_settings(spec, variant)
     where = f"prune.{variant}"
     config = read_teacher_config(spec, root)
-    dims = dims_from_config(config)
+    dims = ModelShapes.from_hf_object(config)
     candidates = enumerate_candidates(dims, settings)
     if len(candidates) < settings.top_k:
         raise StageError(
@@ -198,7 +199,7 @@ def run_search(spec, variant: str | None, root: Path) -> None:
             "target": budget(settings),
             "tolerance": settings.budget_tolerance,
         },
-        "teacher": {**dims.__dict__, "val_loss": teacher_loss},
+        "teacher": {**teacher_record(dims), "val_loss": teacher_loss},
         "val_windows": len(val_indices),
         "block_influence": list(depth.block_influence),
         "candidates": records,

@@ -16,7 +16,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from minispec.engines import ENGINE_NAMES
+from minispec.engines import ENGINE_NAMES, ENGINE_SUMMARIES
 
 SCHEMA_ID = "https://minispec.dev/schemas/minispec.schema.json"
 SPEC_VERSION = 1
@@ -647,7 +647,7 @@ class Spec(StrictModel):
     )
     engine: Literal[ENGINE_NAMES] = Field(  # the registered engines (minispec.engines)
         default="torch",
-        description="`torch`: embedded engine (CPU, one GPU, several GPUs via torchrun); `nemo`: NeMo Framework scripts on GPU clusters.",
+        description="; ".join(f"`{name}`: {ENGINE_SUMMARIES[name]}" for name in ENGINE_NAMES) + ".",
     )
     seed: int = Field(
         default=1234,

@@ -500,11 +500,12 @@ def variant_distill(loaded: LoadedSpec) -> Iterator[Problem]:
         if own is None or not loaded.is_valid("prune"):
             continue
         base = ("prune", name, "distill")
-        if spec.engine != "torch":
+        if not get_engine(spec.engine).STUDENT_DISTILL:
+            able = [n for n in ENGINE_NAMES if get_engine(n).STUDENT_DISTILL]
             yield loaded.locate(
                 base,
-                f"a student's own distillation settings are supported by the torch engine only (engine: {spec.engine})",
-                hint="remove it and use the distill block, or use engine: torch",
+                f"a student's own distillation settings are supported by the {' and '.join(able)} engine only (engine: {spec.engine})",
+                hint=f"remove it and use the distill block, or use engine: {able[0]}",
             )
             continue
         if name not in spec.students:
@@ -805,7 +806,7 @@ def harness_tasks(loaded: LoadedSpec) -> Iterator[Problem]:
             return
         from pathlib import Path
 
-        from minispec.engines.torch.harness import local_task_names
+        from minispec.spec.lm_eval_tasks import local_task_names
 
         defined = local_task_names(Path(harness.include_path))
     remote = [task for task in harness.tasks if task not in defined]

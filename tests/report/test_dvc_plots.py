@@ -8,16 +8,20 @@ import pytest
 from real_pipeline import TRAINING_STAGES, dvc
 
 from minispec import layout
+from minispec.compile.graph import build_graph
+from minispec.params import load_params
 from minispec.report.collect import read_dvclive_tsv
 from minispec.report.dvcplots import dvc_plots
 from minispec.spec.model import Spec
-from minispec.stage import load_params
 
 pytestmark = pytest.mark.slow
 
 
 def test_plots_section_names_every_training_curve(run_dir):
-    plots = {name: body for item in dvc_plots(load_params(run_dir)) for name, body in item.items()}
+    spec = load_params(run_dir)
+    plots = {
+        name: body for item in dvc_plots(spec, build_graph(spec)) for name, body in item.items()
+    }
     assert list(plots) == [
         "validation_loss",
         "train_loss_ce",
@@ -41,7 +45,7 @@ def test_plots_section_names_every_training_curve(run_dir):
 def test_no_plots_without_training_or_pruning(run_dir):
     resolved = load_params(run_dir).model_dump(mode="json")
     spec = Spec.model_validate({k: resolved[k] for k in ("version", "name", "teacher", "data")})
-    assert dvc_plots(spec) == []
+    assert dvc_plots(spec, build_graph(spec)) == []
 
 
 def test_dvc_plots_show_renders_the_curves(run_dir):

@@ -6,15 +6,25 @@ import pytest
 
 from minispec.search.space import (
     Arch,
-    TeacherDims,
     count_params,
-    dims_from_config,
     enumerate_candidates,
     teacher_arch,
 )
+from minispec.shapes import ModelShapes
 from minispec.spec.model import SearchPrune
 
-SMOLLM2 = TeacherDims("llama", 30, 576, 1536, 9, 3, 64, 49152, True)
+SMOLLM2 = ModelShapes(
+    origin="SmolLM2-135M's config.json",
+    model_type="llama",
+    num_hidden_layers=30,
+    hidden_size=576,
+    intermediate_size=1536,
+    num_attention_heads=9,
+    num_key_value_heads=3,
+    head_dim=64,
+    vocab_size=49152,
+    tie_word_embeddings=True,
+)
 
 
 def settings(**fields) -> SearchPrune:
@@ -32,7 +42,7 @@ def test_count_matches_real_models_of_every_candidate_shape(tiny_llama, model_ty
     from minispec.engines.torch.modeling import count_parameters
 
     teacher = tiny_llama(model_type, tie_word_embeddings=tied)
-    dims = dims_from_config(teacher.config)
+    dims = ModelShapes.from_hf_object(teacher.config)
     candidates = enumerate_candidates(dims, settings(target_params=120_000, budget_tolerance=0.5))
     assert candidates
     for candidate in candidates[:4]:

@@ -15,5 +15,7 @@ MODEL_PARALLEL = True  # tensor/pipeline parallelism, several nodes
 HEADS_WITH_GROUPS = True  # NeMo prunes heads and query groups together
 SHAPE_CHECKS: tuple[str, ...] = ()
 LINT_RULES = ENGINE_RULES
+STUDENT_DISTILL = False  # one distill block for every student
+STAGE_SERVER = None  # its stages are NVIDIA's scripts
 
 __all__ = ["stage_commands"]

@@ -58,7 +58,8 @@ def build_mirror(spec, root: Path, export: Callable[[Path, Path], object]) -> Pa
 def run_nemo2(
     root: Path, params_file: str = layout.PARAMS_FILE, export: Callable | None = None
 ) -> None:
-    from minispec.stage import load_params, run_stage
+    from minispec.params import load_params
+    from minispec.stage import run_stage
 
     if export is None:
         from minispec.engines.nemo.export_ckpt import export

@@ -16,5 +16,7 @@ MODEL_PARALLEL = False  # one node; FSDP2 or DDP over its GPUs
 HEADS_WITH_GROUPS = False
 SHAPE_CHECKS = ("architecture",)
 LINT_RULES = RULES
+STUDENT_DISTILL = True
+STAGE_SERVER = "minispec.engines.torch.warm:stage_server"  # torch imported once per run
 
 __all__ = ["stage_commands"]

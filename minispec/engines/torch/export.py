@@ -19,13 +19,13 @@ from pathlib import Path
 
 from minispec import layout
 from minispec.engines.torch.modeling import (
-    config_shape,
     count_parameters,
     load_model,
     load_tokenizer,
     save_model,
 )
 from minispec.errors import StageError
+from minispec.shapes import ModelShapes
 from minispec.sources import parse_source
 
 TRAINING_KEYS = (
@@ -152,7 +152,7 @@ def build_provenance(spec, variant: str, model, training: dict | None) -> dict:
         "distill": distill,
         "dtype": str(model.dtype).removeprefix("torch."),
         "parameters": count_parameters(model),
-        "architecture": config_shape(config),
+        "architecture": ModelShapes.from_hf_object(config).architecture(),
     }
 
 

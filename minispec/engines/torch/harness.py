@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from minispec.errors import StageError
+from minispec.spec.lm_eval_tasks import local_task_names
 
 if TYPE_CHECKING:
     from minispec.spec.model import HarnessSpec
@@ -39,24 +40,6 @@ def require_lm_eval():
             hint="pip install 'minispec[eval]' (or pip install lm-eval) into this environment",
         ) from None
     return lm_eval
-
-
-def local_task_names(include_path: Path) -> set[str]:
-    """The ``task:`` (and ``group:``) names the YAML files under ``include_path`` define."""
-    from ruamel.yaml import YAML
-
-    yaml = YAML(typ="safe", pure=True)
-    names: set[str] = set()
-    for path in sorted(include_path.rglob("*.yaml")):
-        try:
-            document = yaml.load(path.read_text(encoding="utf-8"))
-        except Exception:  # lm-eval's own !function tags: its loader reads these files itself
-            continue
-        if isinstance(document, dict):
-            for key in ("task", "group"):
-                if isinstance(document.get(key), str):
-                    names.add(document[key])
-    return names
 
 
 def task_manager(harness: HarnessSpec, root: Path):

@@ -49,9 +49,10 @@ from typing import TYPE_CHECKING
 from minispec import layout
 from minispec.engines.torch import modeling
 from minispec.engines.torch.calibration import calibration_set, iter_batches
-from minispec.engines.torch.surgery import ModelDims, model_dims
+from minispec.engines.torch.surgery import model_dims
 from minispec.errors import StageError
 from minispec.fsio import atomic_file, write_json_atomic
+from minispec.shapes import ModelShapes as ModelDims
 
 if TYPE_CHECKING:
     import torch

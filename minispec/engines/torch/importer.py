@@ -14,7 +14,6 @@ from pathlib import Path
 
 from minispec import layout
 from minispec.engines.torch.modeling import (
-    config_shape,
     count_parameters,
     load_pretrained,
     resolve_device,
@@ -22,6 +21,7 @@ from minispec.engines.torch.modeling import (
     save_model,
 )
 from minispec.fsio import write_json_atomic
+from minispec.shapes import ModelShapes
 from minispec.sources import parse_source
 
 
@@ -69,7 +69,7 @@ def import_metrics(source: str, loaded, dtype: str) -> dict:
         **{k: v for k, v in loaded.info.items() if v is not None},
         "architecture": (config.architectures or [type(loaded.model).__name__])[0],
         "dtype": dtype,
-        **config_shape(config),
+        **ModelShapes.from_hf_object(config).architecture(),
         "tokenizer_size": len(loaded.tokenizer),
         "tie_word_embeddings": bool(getattr(config, "tie_word_embeddings", False)),
         "parameters": count_parameters(loaded.model),

@@ -184,20 +184,6 @@ def count_parameters(model: PreTrainedModel) -> dict[str, int]:
     return {"total": total, "non_embedding": total - embedding_params}
 
 
-def config_shape(config) -> dict[str, int | str]:
-    """The architecture numbers that metrics and model cards report (the same keys everywhere)."""
-    return {
-        "model_type": config.model_type,
-        "num_hidden_layers": config.num_hidden_layers,
-        "hidden_size": config.hidden_size,
-        "intermediate_size": config.intermediate_size,
-        "num_attention_heads": config.num_attention_heads,
-        "num_key_value_heads": config.num_key_value_heads,
-        "head_dim": config.head_dim,
-        "vocab_size": config.vocab_size,
-    }
-
-
 def set_explicit_head_dim(config) -> None:
     if getattr(config, "head_dim", None) is None:
         config.head_dim = config.hidden_size // config.num_attention_heads

@@ -35,7 +35,7 @@ from minispec.engines.torch.depth import (
 )
 from minispec.engines.torch.importance import load_importance
 from minispec.engines.torch.modeling import load_teacher, read_teacher_config
-from minispec.engines.torch.surgery import ModelDims, model_dims
+from minispec.engines.torch.surgery import model_dims
 from minispec.engines.torch.width import (
     activation_scores,
     check_pruned_config,
@@ -46,6 +46,7 @@ from minispec.engines.torch.width import (
 )
 from minispec.errors import StageError
 from minispec.fsio import write_json_atomic, write_metrics
+from minispec.shapes import ModelShapes
 from minispec.spec.model import DepthPrune, SearchPrune, WidthPrune
 
 if TYPE_CHECKING:
@@ -214,7 +215,7 @@ PRUNE_SETTINGS = frozenset(
 
 
 def sizes(model: PreTrainedModel) -> dict:
-    dims: ModelDims = model_dims(model.config)
+    dims: ModelShapes = model_dims(model.config)
     params = modeling.count_parameters(model)
     return {
         "num_layers": dims.num_layers,

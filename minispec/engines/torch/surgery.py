@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import copy
 import re
-from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
+
+from minispec.errors import StageError
+from minispec.shapes import ModelShapes
 
 if TYPE_CHECKING:
     import torch
@@ -22,41 +24,27 @@ if TYPE_CHECKING:
 LAYER_KEY = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
 
 
-@dataclass(frozen=True)
-class ModelDims:
-    """The sizes pruning changes, read from a Llama-family config."""
-
-    num_layers: int
-    hidden_size: int
-    ffn_hidden_size: int
-    num_attention_heads: int
-    num_query_groups: int  # key/value heads
-    head_dim: int
-    vocab_size: int
-    tied_embeddings: bool
-
-    @property
-    def heads_per_group(self) -> int:
-        return self.num_attention_heads // self.num_query_groups
-
-    def as_dict(self) -> dict:
-        return asdict(self)
+# what pruning needs of the shapes; a config without one of them is not a Llama-family model
+PRUNING_SHAPES = (
+    "num_hidden_layers",
+    "hidden_size",
+    "intermediate_size",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "vocab_size",
+)
 
 
-def model_dims(config: PretrainedConfig) -> ModelDims:
-    heads = config.num_attention_heads
-    kv_heads = getattr(config, "num_key_value_heads", None) or heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-    return ModelDims(
-        num_layers=config.num_hidden_layers,
-        hidden_size=config.hidden_size,
-        ffn_hidden_size=config.intermediate_size,
-        num_attention_heads=heads,
-        num_query_groups=kv_heads,
-        head_dim=head_dim,
-        vocab_size=config.vocab_size,
-        tied_embeddings=bool(getattr(config, "tie_word_embeddings", False)),
-    )
+def model_dims(config: PretrainedConfig) -> ModelShapes:
+    """The sizes pruning changes, read from a loaded Llama-family config (the one shape model)."""
+    shapes = ModelShapes.from_hf_object(config)
+    missing = shapes.unknown(*PRUNING_SHAPES)
+    if missing:
+        raise StageError(
+            f"the model's config has no {', '.join(missing)}: pruning needs a Llama-family model"
+        )
+    return shapes
 
 
 def copy_config(config: PretrainedConfig) -> PretrainedConfig:

@@ -28,18 +28,16 @@ from typing import TYPE_CHECKING
 from minispec import layout
 from minispec.engines.torch.surgery import (
     LAYER_KEY,
-    ModelDims,
     copy_config,
     model_dims,
     rebuild_model,
 )
 from minispec.errors import StageError
+from minispec.shapes import ModelShapes
 
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel
-
-IMPORTANCE_METHODS = ("activation", "magnitude", "random")
 
 
 # --------------------------------------------------------------------------------------------
@@ -55,7 +53,7 @@ class WidthTargets:
 
 
 def resolve_targets(
-    variant, dims: ModelDims, where: str, *, allow_same: bool = False
+    variant, dims: ModelShapes, where: str, *, allow_same: bool = False
 ) -> WidthTargets:
     """The full set of target sizes of a width variant, checked against the source model.
 
@@ -140,7 +138,7 @@ def group_scores_from_heads(heads: torch.Tensor, num_groups: int) -> torch.Tenso
     return heads.view(num_groups, -1).norm(dim=1)
 
 
-def activation_scores(tensors: dict[str, torch.Tensor], dims: ModelDims) -> WidthScores:
+def activation_scores(tensors: dict[str, torch.Tensor], dims: ModelShapes) -> WidthScores:
     """Scores from the importance stage's file (see :mod:`minispec.engines.torch.importance`)."""
     layers = range(dims.num_layers)
     ffn = [tensors[layout.WIDTH_MLP_KEY.format(layer=i)].float() for i in layers]
@@ -165,7 +163,7 @@ def magnitude_scores(model: PreTrainedModel) -> WidthScores:
     sq = lambda w, dim: w.float().pow(2).sum(dim=dim)  # noqa: E731  sum of squares along dim
     ffn, heads, groups = [], [], []
     hidden_sq = sq(model.model.embed_tokens.weight, 0)  # [V, H] -> [H]
-    if not dims.tied_embeddings:
+    if not dims.tie_embeddings:
         hidden_sq += sq(model.get_output_embeddings().weight, 0)
     for layer in model.model.layers:
         attn, mlp = layer.self_attn, layer.mlp
@@ -206,7 +204,7 @@ def magnitude_scores(model: PreTrainedModel) -> WidthScores:
     )
 
 
-def random_scores(dims: ModelDims, seed: int) -> WidthScores:
+def random_scores(dims: ModelShapes, seed: int) -> WidthScores:
     """Seeded uniform noise: the baseline every real importance must beat."""
     import torch
 
@@ -240,7 +238,7 @@ def top_k_sorted(scores: torch.Tensor, k: int) -> torch.Tensor:
     return torch.sort(order[:k]).values
 
 
-def plan_width(scores: WidthScores, dims: ModelDims, targets: WidthTargets) -> WidthPlan:
+def plan_width(scores: WidthScores, dims: ModelShapes, targets: WidthTargets) -> WidthPlan:
     import torch
 
     per_group = targets.num_attention_heads // targets.num_query_groups
@@ -332,12 +330,12 @@ def slice_state_dict(model: PreTrainedModel, plan: WidthPlan) -> dict[str, torch
                 f"width pruning does not know the parameter '{key}'",
                 hint="this architecture variant is not supported",
             )
-    if dims.tied_embeddings and "lm_head.weight" in state_dict:
+    if dims.tie_embeddings and "lm_head.weight" in state_dict:
         state_dict["lm_head.weight"] = state_dict["model.embed_tokens.weight"]  # tied: one tensor
     return state_dict
 
 
-def pruned_config(config, targets: WidthTargets, dims: ModelDims):
+def pruned_config(config, targets: WidthTargets, dims: ModelShapes):
     new = copy_config(config)
     new.hidden_size = targets.hidden_size
     new.intermediate_size = targets.ffn_hidden_size

@@ -275,7 +275,7 @@ def test_drop_layers_run_by_the_emitted_command_keep_the_right_layers(bridge_pip
     """The bridge flavor's prune@drop command, run as DVC would: layers 2 and 3 (1-indexed) go,
     the student's layers are the teacher's 1st and 4th."""
     from minispec.engines.torch.modeling import load_model
-    from minispec.stage import load_params
+    from minispec.params import load_params
 
     root, teacher = bridge_pipeline
     spec = load_params(root)
@@ -306,7 +306,7 @@ def test_prune_metrics_of_a_bridge_student(bridge_pipeline):
     from minispec.engines.torch.modeling import save_model
     from minispec.engines.torch.surgery import model_dims
     from minispec.engines.torch.width import WidthTargets, prune_width, random_scores
-    from minispec.stage import load_params
+    from minispec.params import load_params
 
     root, teacher = bridge_pipeline
     spec = base_spec({"narrow": {"kind": "width", "target_ffn_hidden_size": 64}})

@@ -175,8 +175,8 @@ def test_width_pruned_model_reloads_in_transformers_with_the_implied_parameter_c
     assert config.num_attention_heads == dims.heads_per_group  # one whole group kept
     assert config.head_dim == dims.head_dim
     assert unique_params(reloaded) == expected_params(config) == unique_params(pruned)
-    assert config.tie_word_embeddings == dims.tied_embeddings
-    if dims.tied_embeddings:
+    assert config.tie_word_embeddings == dims.tie_embeddings
+    if dims.tie_embeddings:
         assert reloaded.lm_head.weight.data_ptr() == reloaded.model.embed_tokens.weight.data_ptr()
     prompt = tokens(batch=1, length=5)
     with torch.no_grad():
