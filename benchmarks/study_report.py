@@ -74,8 +74,12 @@ def runs_root(results: Path, scratch: Path) -> Path:
     return scratch
 
 
-def params(model) -> str:
+def params(model, data, variant: str) -> str:
+    """Non-embedding parameters: the evaluate stage's count, else the prune stage's."""
     count = model.number("params_non_embedding") if model else None
+    if count is None and data is not None:
+        pruned = (data.stage_metrics.get(f"prune-{variant}") or {}).get("pruned") or {}
+        count = pruned.get("params_non_embedding")
     return "–" if count is None else f"{count / 1e6:.2f}M"
 
 
@@ -99,17 +103,25 @@ def main() -> None:
     print("\n".join(lines))
 
 
-def teacher_reference(runs) -> float | None:
+def teacher_reference(runs) -> tuple[float | None, str]:
+    """The corrected teacher's WikiText validation loss and where it comes from: core's evaluate
+    stage when it ran, else teacher correction's last validation, which reads the same
+    validation windows as every distill stage's (val_batches x micro batch, from the start)."""
     base = runs.get("core")
     row = base.model("teacher_corrected") if base else None
-    return row.number("validation_loss") if row else None
+    if row is not None and row.number("validation_loss") is not None:
+        return row.number("validation_loss"), "core's evaluate stage"
+    finetune = (base.stage_metrics.get("finetune") if base else None) or {}
+    if finetune.get("final_val_loss") is not None:
+        return finetune["final_val_loss"], "core's teacher correction, final validation"
+    return None, "not in the results"
 
 
 def table(runs) -> list[str]:
-    reference = teacher_reference(runs)
+    reference, source = teacher_reference(runs)
     lines = [
         f"Corrected teacher, WikiText-103 validation loss: {fmt(reference)} nats/token "
-        "(core's evaluate stage).",
+        f"({source}).",
         "",
         "| finding | student | run | non-embedding params | tokens | distill val loss | eval validation | eval test | validation / corrected teacher |",
         "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
@@ -134,7 +146,7 @@ def table(runs) -> list[str]:
             ratio = val or stage.get("final_val_loss")
             ratio = f"{ratio / reference:.3f}" if ratio and reference else "–"
             lines.append(
-                f"| {title.split(' ')[0]} | {label} | {run} | {params(model)} | {tokens if tokens else '–'} | "
+                f"| {title.split(' ')[0]} | {label} | {run} | {params(model, data, variant)} | {tokens if tokens else '–'} | "
                 f"{fmt(stage.get('final_val_loss'))} | {fmt(val)} | {fmt(test)} | {ratio} |"
             )
     missing = [run for _, rows in FINDINGS.values() for _, run, _ in rows if run not in runs]
@@ -176,7 +188,7 @@ def plot(runs, name: str, title: str, rows, path: Path) -> None:
         xs = [offset + step * per_step / 1e6 for step in curve.steps]
         axis.plot(xs, curve.values, marker=".", label=f"{label} ({run})")
         drawn += 1
-    reference = teacher_reference(runs)
+    reference, _ = teacher_reference(runs)
     if reference is not None:
         axis.axhline(reference, color="grey", linestyle="--", label="corrected teacher")
     axis.set_title(title, fontsize=9)
