@@ -120,8 +120,7 @@ def teacher_reference(runs) -> tuple[float | None, str]:
 def table(runs) -> list[str]:
     reference, source = teacher_reference(runs)
     lines = [
-        f"Corrected teacher, WikiText-103 validation loss: {fmt(reference)} nats/token "
-        f"({source}).",
+        f"Corrected teacher, WikiText-103 validation loss: {fmt(reference)} nats/token ({source}).",
         "",
         "| finding | student | run | non-embedding params | tokens | distill val loss | eval validation | eval test | validation / corrected teacher |",
         "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",

@@ -18,7 +18,10 @@ def _row(table: str, label: str) -> list[str]:
 def test_the_study_table_comes_from_the_recorded_metrics(tmp_path):
     done = subprocess.run(
         [sys.executable, "benchmarks/study_report.py", str(RESULTS), "--out", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, check=True,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     table = (tmp_path / "study.md").read_text()
     assert table.strip() == done.stdout.strip()

@@ -83,7 +83,7 @@ def teacher_info(loaded: LoadedSpec) -> Any:
 
 
 def teacher_shapes(loaded: LoadedSpec) -> Any:
-    """The teacher's :class:`~minispec.spec.teacher_info.TeacherShapes`, or None if unknown."""
+    """The teacher's :class:`~minispec.shapes.ModelShapes`, or None if unknown."""
     info = teacher_info(loaded)
     return info.shapes if info is not None else None
 
@@ -210,7 +210,7 @@ def _drop_layers(
         )
 
 
-# (target field, TeacherShapes attribute, what it is)
+# (target field, ModelShapes attribute, what it is)
 WIDTH_TARGETS = (
     ("target_ffn_hidden_size", "intermediate_size", "MLP intermediate size"),
     ("target_hidden_size", "hidden_size", "hidden size"),

@@ -31,14 +31,11 @@ from minispec.sources import Source, parse_source
 HUB_REPO_PATTERN = re.compile(r"^(?:[A-Za-z0-9][\w.-]{0,95}/)?[A-Za-z0-9][\w.-]{0,95}$")
 
 
-TeacherShapes = ModelShapes  # what lint knows of the teacher: the one shape model
-
-
 @dataclass(frozen=True)
 class TeacherInfo:
     """The outcome of looking at ``teacher.source``: shapes, or why there are none."""
 
-    shapes: TeacherShapes | None = None
+    shapes: ModelShapes | None = None
     error: MinispecError | None = None  # the source is unusable: lint reports an error
     offline_hub: str | None = None  # a hub id whose config is not on this machine
     missing_package: str | None = None  # pkg:// of a package not installed here
@@ -71,7 +68,7 @@ def _installed(package: str | None) -> bool:
         return False
 
 
-def local_shapes(path: Path) -> TeacherShapes:
+def local_shapes(path: Path) -> ModelShapes:
     """Shapes of a local HF directory or GGUF file; MinispecError says what is wrong with it."""
     if not path.exists():
         raise MinispecError(
@@ -106,7 +103,7 @@ def shown_path(path: Path) -> str:
 # Hugging Face config.json
 
 
-def config_shapes(config: Path, origin: str) -> TeacherShapes:
+def config_shapes(config: Path, origin: str) -> ModelShapes:
     try:
         data = json.loads(config.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
@@ -332,7 +329,7 @@ def _skip_strings(buffer: Any, offset: int, count: int, order: str) -> int:
     return offset
 
 
-def gguf_shapes(path: Path) -> TeacherShapes:
+def gguf_shapes(path: Path) -> ModelShapes:
     tensors: list[str] = []
     meta = read_gguf_metadata(path, tensors)
     arch = meta.get("general.architecture")

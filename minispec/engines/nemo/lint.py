@@ -10,8 +10,9 @@ from collections.abc import Iterator
 
 from minispec.engines import reads
 from minispec.engines.nemo import bridge_lint, kd
-from minispec.engines.nemo.shapes import TeacherShapes, lint_shapes
+from minispec.engines.nemo.shapes import lint_shapes
 from minispec.errors import Problem
+from minispec.shapes import ModelShapes
 from minispec.sources import parse_source
 from minispec.spec.model import DepthPrune, WidthPrune
 
@@ -33,7 +34,7 @@ def check(loaded) -> list[Problem]:
     return problems
 
 
-def _shapes(loaded) -> TeacherShapes | None:
+def _shapes(loaded) -> ModelShapes | None:
     return lint_shapes(loaded)
 
 

@@ -15,8 +15,6 @@ from pathlib import Path
 from minispec.shapes import KNOWN_HUB_SHAPES, ModelShapes, compiled_pipeline_dir
 from minispec.sources import parse_source
 
-TeacherShapes = ModelShapes  # the one shape model; the nemo engine reads Megatron's names
-
 # what the nemo engine's commands and rules need of the teacher
 _NEEDED = (
     "num_layers",
@@ -27,14 +25,14 @@ _NEEDED = (
 )
 
 
-def from_hf_config(config: dict, origin: str = "config.json") -> TeacherShapes | None:
+def from_hf_config(config: dict, origin: str = "config.json") -> ModelShapes | None:
     """Shapes from a Hugging Face ``config.json`` of a Llama-family model; None when it lacks
     a size the nemo engine needs."""
     shapes = ModelShapes.from_hf_config(config, origin)
     return shapes if all(getattr(shapes, name) is not None for name in _NEEDED) else None
 
 
-def teacher_shapes(source_text: str, base: Path | None = None) -> TeacherShapes | None:
+def teacher_shapes(source_text: str, base: Path | None = None) -> ModelShapes | None:
     """Shapes of ``teacher.source`` when knowable offline, else None.
 
     ``base`` resolves a relative local path (the compile root); absolute paths are used as is.
@@ -59,7 +57,7 @@ def teacher_shapes(source_text: str, base: Path | None = None) -> TeacherShapes 
         return None
 
 
-def lint_shapes(loaded) -> TeacherShapes | None:
+def lint_shapes(loaded) -> ModelShapes | None:
     """The teacher's shapes for lint rules, or None (an unparsable source is reported by the
     spec's teacher_source rule)."""
     try:

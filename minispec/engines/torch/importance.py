@@ -52,7 +52,7 @@ from minispec.engines.torch.calibration import calibration_set, iter_batches
 from minispec.engines.torch.surgery import model_dims
 from minispec.errors import StageError
 from minispec.fsio import atomic_file, write_json_atomic
-from minispec.shapes import ModelShapes as ModelDims
+from minispec.shapes import ModelShapes
 
 if TYPE_CHECKING:
     import torch
@@ -114,7 +114,7 @@ class ActivationRecorder:
                 self.model.model(input_ids=batch[:, :-1], use_cache=False)
                 self.samples += batch.shape[0]
 
-    def scores(self, dims: ModelDims) -> dict[str, torch.Tensor]:
+    def scores(self, dims: ModelShapes) -> dict[str, torch.Tensor]:
         """Final per-unit importances (see the module docstring), on the CPU."""
         out = {key: total.sqrt().cpu() for key, total in self.sums.items()}
         for index in range(dims.num_layers):
@@ -141,7 +141,7 @@ def collect_importance(
 
 
 def save_importance(
-    path: Path, scores: dict[str, torch.Tensor], dims: ModelDims, meta: dict
+    path: Path, scores: dict[str, torch.Tensor], dims: ModelShapes, meta: dict
 ) -> None:
     from safetensors.torch import save
 
@@ -177,7 +177,7 @@ def sorted_metadata(data: bytes) -> bytes:
 
 def load_importance(
     path: Path,
-    dims: ModelDims,
+    dims: ModelShapes,
     *,
     calibration_samples: int | None = None,
     seq_length: int | None = None,
@@ -240,7 +240,7 @@ def importance_calibration_samples(spec) -> tuple[int, str]:
     return activation[name].calibration_samples, f"prune.{name}.calibration_samples"
 
 
-def summary(scores: dict[str, torch.Tensor], dims: ModelDims, meta: dict) -> dict:
+def summary(scores: dict[str, torch.Tensor], dims: ModelShapes, meta: dict) -> dict:
     def stats(tensor):
         return {
             "min": float(tensor.min()),
