@@ -22,6 +22,19 @@ def _int(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
+# the sizes a Llama-family model is cut along (pruning) and counted by (the search's parameter
+# count); a config without one of them is not a model minispec can prune
+LAYOUT_SIZES = (
+    "num_hidden_layers",
+    "hidden_size",
+    "intermediate_size",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "vocab_size",
+)
+
+
 # the config.json keys from_hf_config reads
 _HF_CONFIG_KEYS = (
     "model_type",

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-from minispec.shapes import ModelShapes
+from minispec.shapes import LAYOUT_SIZES, ModelShapes
 
 AXES = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads")
 
@@ -216,17 +216,7 @@ def parameter_range(dims: ModelShapes, settings) -> tuple[int, int] | None:
 def dims_from_shapes(shapes: ModelShapes) -> ModelShapes | None:
     """The teacher's shapes (lint's, or a stage's from its config), None when a number the
     count needs is unknown."""
-    needed = (
-        "num_hidden_layers",
-        "hidden_size",
-        "intermediate_size",
-        "num_attention_heads",
-        "num_key_value_heads",
-        "head_dim",
-        "vocab_size",
-        "tie_word_embeddings",
-    )
-    return None if shapes.unknown(*needed) else shapes
+    return None if shapes.unknown(*LAYOUT_SIZES, "tie_word_embeddings") else shapes
 
 
 def teacher_record(dims: ModelShapes) -> dict:

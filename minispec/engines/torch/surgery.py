@@ -14,7 +14,7 @@ import re
 from typing import TYPE_CHECKING
 
 from minispec.errors import StageError
-from minispec.shapes import ModelShapes
+from minispec.shapes import LAYOUT_SIZES, ModelShapes
 
 if TYPE_CHECKING:
     import torch
@@ -24,22 +24,10 @@ if TYPE_CHECKING:
 LAYER_KEY = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
 
 
-# what pruning needs of the shapes; a config without one of them is not a Llama-family model
-PRUNING_SHAPES = (
-    "num_hidden_layers",
-    "hidden_size",
-    "intermediate_size",
-    "num_attention_heads",
-    "num_key_value_heads",
-    "head_dim",
-    "vocab_size",
-)
-
-
 def model_dims(config: PretrainedConfig) -> ModelShapes:
     """The sizes pruning changes, read from a loaded Llama-family config (the one shape model)."""
     shapes = ModelShapes.from_hf_object(config)
-    missing = shapes.unknown(*PRUNING_SHAPES)
+    missing = shapes.unknown(*LAYOUT_SIZES)
     if missing:
         raise StageError(
             f"the model's config has no {', '.join(missing)}: pruning needs a Llama-family model"
