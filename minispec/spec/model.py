@@ -550,7 +550,9 @@ class ResourcesSpec(StrictModel):
             "torch.compile the models in the torch engine's training stages (the whole model on "
             "one GPU, each decoder layer on several). Compiling costs a minute or two per stage "
             "and pays in runs of more than about ten minutes; `auto` leaves it off. Does not "
-            "change what is computed, only how fast."
+            "change what is computed, only how fast. The importance and evaluate stages stay "
+            "eager: at their sizes compiling costs 25-60x what it saves "
+            "(benchmarks/evaluate_compile.py)."
         ),
     )
     cuda_graphs: Literal["auto", "off", "on"] = Field(
