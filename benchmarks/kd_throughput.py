@@ -22,6 +22,7 @@ Needs only torch and transformers (no dvc, dvclive, tensorboard or datasets)::
 
     PYTHONPATH=. python benchmarks/kd_throughput.py            # GPU, full size
     PYTHONPATH=. python benchmarks/kd_throughput.py --compile  # both with torch.compile
+    PYTHONPATH=. python benchmarks/kd_throughput.py --ours-fp8 --ours-compile on  # FP8 GEMMs (torchao)
     PYTHONPATH=. python benchmarks/kd_throughput.py --tiny     # CPU smoke test
 
 Prints one JSON line, then a table.
@@ -239,7 +240,7 @@ def run_ours(shape, args, device, precision, data) -> dict:
         val_batches=1,
         checkpoint_interval=10**6,
         grad_clip=args.grad_clip,
-        precision=precision,
+        precision="fp8" if args.ours_fp8 else precision,
         loss=LossConfig(kind="logits_kl", temperature=1.0, alpha=1.0),
         compile=args.ours_compile == "on",
         cuda_graphs=args.ours_compile == "cuda_graphs",
@@ -387,6 +388,11 @@ def main(argv=None) -> int:
         help="activation checkpointing in our trainer (resources.activation_checkpointing)",
     )
     parser.add_argument(
+        "--ours-fp8",
+        action="store_true",
+        help="our trainer with resources.precision fp8 (torchao FP8 GEMMs in the decoder layers of both models; the baseline stays bf16)",
+    )
+    parser.add_argument(
         "--baseline-checkpointing",
         action="store_true",
         help="gradient checkpointing in the baseline (as a plain loop needs for the seed shape)",
@@ -464,6 +470,7 @@ def main(argv=None) -> int:
         "precision": precision,
         "compile": args.compile,
         "ours_compile": args.ours_compile,
+        "ours_fp8": args.ours_fp8,
         "checkpointing": {"ours": args.checkpointing, "baseline": args.baseline_checkpointing},
         "shape_name": "tiny" if args.tiny else args.shape,
         "shape": shape,

@@ -346,8 +346,11 @@ def main(argv=None) -> int:
     parser.add_argument("--jobs", type=int, default=1, help="training runs at a time")
     parser.add_argument("--threads", type=int, default=0, help="OMP_NUM_THREADS of each run")
     parser.add_argument("--output", type=Path)
-    parser.add_argument("--cuda-graphs", action="store_true",
-                        help="each training run's micro step as a CUDA graph (the distill stage's default on one GPU)")
+    parser.add_argument(
+        "--cuda-graphs",
+        action="store_true",
+        help="each training run's micro step as a CUDA graph (the distill stage's default on one GPU)",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.workdir.mkdir(parents=True, exist_ok=True)

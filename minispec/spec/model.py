@@ -536,9 +536,15 @@ class ResourcesSpec(StrictModel):
     accelerator: Literal["auto", "cpu", "cuda"] = Field(
         default="auto", description="`auto` uses CUDA when available."
     )
-    precision: Literal["auto", "fp32", "bf16"] = Field(
+    precision: Literal["auto", "fp32", "bf16", "fp8"] = Field(
         default="auto",
-        description="Training precision: `auto` is bf16 autocast on GPU and fp32 on CPU.",
+        description=(
+            "Training precision: `auto` is bf16 autocast on GPU and fp32 on CPU. `fp8` (torch "
+            "engine, `pip install 'minispec[fp8]'`): bf16 autocast with the decoder layers' "
+            "matmuls (student and teacher) as FP8 GEMMs with dynamic per-tensor scales "
+            "(torchao); the LM head and embeddings stay bf16. Needs a GPU of compute capability "
+            "8.9+ (Ada, Hopper, Blackwell); on a CPU the FP8 numerics are emulated, slowly."
+        ),
     )
     strategy: Literal["fsdp", "ddp"] = Field(
         default="fsdp",

@@ -311,6 +311,12 @@ def accelerator(loaded) -> Iterator[Problem]:
             "the nemo engine needs GPUs; accelerator: cpu cannot run it",
             hint="use accelerator: cuda (or auto), or engine: torch to run on the CPU",
         )
+    if res.precision == "fp8":
+        yield loaded.locate(
+            ("resources", "precision"),
+            "precision: fp8 is the torch engine's (torchao FP8 GEMMs); the nemo engine does not map it to NeMo's FP8 recipes",
+            hint="use precision: bf16 (or auto) with engine: nemo, or engine: torch for FP8 training",
+        )
     if loaded.is_set(("resources", "strategy")):
         yield loaded.locate(
             ("resources", "strategy"),

@@ -49,6 +49,19 @@ def parallelism(loaded) -> Iterator[Problem]:
             )
 
 
+@reads("resources", "engine")
+def fp8_on_cpu(loaded) -> Iterator[Problem]:
+    """FP8 GEMMs need a GPU; on a CPU torchao emulates them (to check numerics, not to train)."""
+    res = loaded.spec.resources
+    if res.precision == "fp8" and res.accelerator == "cpu":
+        yield loaded.locate(
+            ("resources", "precision"),
+            "precision: fp8 on a CPU emulates the FP8 matmuls: slower than fp32, useful only to check an FP8 run's numerics",
+            hint="run it on a GPU of compute capability 8.9+ (Ada, Hopper, Blackwell), or use precision: fp32 on the CPU",
+            severity="warning",
+        )
+
+
 @reads("engine")
 def nemo_block(loaded) -> Iterator[Problem]:
     if loaded.raw.get("nemo") is not None:
@@ -68,4 +81,4 @@ def parameter_budget(loaded) -> Iterator[Problem]:
     yield from check_any_engine(loaded)
 
 
-RULES = (teacher_architecture, parallelism, nemo_block, parameter_budget)
+RULES = (teacher_architecture, parallelism, fp8_on_cpu, nemo_block, parameter_budget)

@@ -343,9 +343,7 @@ def build(spec: Spec, root: Path, ctx) -> None:
     committed = False
     try:
         teacher_dtype = (
-            torch.bfloat16
-            if cfg.precision == "bf16" and ctx.device.type == "cuda"
-            else torch.float32
+            torch.bfloat16 if cfg.bf16_autocast and ctx.device.type == "cuda" else torch.float32
         )
         teacher = load_model(
             teacher_dir, dtype=teacher_dtype, device=ctx.device, trust_remote_code=trust
@@ -362,7 +360,7 @@ def build(spec: Spec, root: Path, ctx) -> None:
             vocab=vocab,
             bits=bits,
             batch_size=cfg.micro_batch_size,
-            autocast=cfg.precision == "bf16",
+            autocast=cfg.bf16_autocast,
         )
         shards = gather_objects(ctx, shard)
         if ctx.is_main:

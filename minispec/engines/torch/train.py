@@ -50,7 +50,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from minispec.engines.torch import checkpointing, distributed
+from minispec.engines.torch import checkpointing, distributed, fp8
 from minispec.engines.torch.distributed import DistContext
 from minispec.engines.torch.losses import (
     IGNORE_INDEX,
@@ -105,7 +105,7 @@ class TrainConfig:
     adam_beta2: float = 0.95
     grad_clip: float = 1.0
     seed: int = 1234
-    precision: str = "fp32"  # "fp32" | "bf16" (autocast)
+    precision: str = "fp32"  # "fp32" | "bf16" (autocast) | "fp8" (bf16 autocast + FP8 GEMMs)
     loss: LossConfig | None = None  # None: plain cross-entropy (teacher correction)
     strategy: str = "fsdp"  # several processes: "fsdp" | "ddp"
     log_interval: int | None = None  # steps between host reads of the losses (None: by device)
@@ -115,6 +115,11 @@ class TrainConfig:
     # write checkpoints in a background thread (one process only); None: on GPU, where the
     # host copy is cheap, not on CPU, where it would double host memory
     background_checkpoints: bool | None = None
+
+    @property
+    def bf16_autocast(self) -> bool:
+        """bf16 autocast: precision bf16, and fp8 (whose non-GEMM ops run as under bf16)."""
+        return self.precision in ("bf16", "fp8")
 
     def fingerprint_data(self) -> dict:
         """What decides the result of a run (how fast it is computed does not)."""
@@ -337,7 +342,7 @@ class Trainer:
         self.ctx = ctx or DistContext(device=next(model.parameters()).device)
         self.device = self.ctx.device
         self.vocab_size = vocab_size
-        self.autocast_dtype = torch.bfloat16 if cfg.precision == "bf16" else None
+        self.autocast_dtype = torch.bfloat16 if cfg.bf16_autocast else None
         self.log_interval = cfg.log_interval or (10 if self.device.type == "cuda" else 1)
         loss = cfg.loss or LossConfig(alpha=0.0)
         # cached teacher logits (teacher_logits.TeacherLogits) stand in for the teacher's forward
@@ -380,6 +385,8 @@ class Trainer:
             background = self.device.type == "cuda"
         self.background_checkpoints = background and not self.ctx.enabled
         self._writer: BackgroundWrite | None = None
+        if cfg.precision == "fp8":  # before compiling and sharding: they see the FP8 layers
+            fp8.convert_linears(model, self.device)
         compile_model(model, cfg.compile, distributed=self.ctx.enabled)
         sharded = self.ctx.enabled and cfg.strategy == "fsdp"
         if not sharded:  # DDP needs its replica on the device; fully_shard moves shards itself
@@ -392,6 +399,8 @@ class Trainer:
         if teacher is not None and (self.computes_kd or self.pairs):
             teacher.eval().requires_grad_(False)
             self.teacher_capture = _Capture(teacher, [t - 1 for _, t in self.pairs])
+            if cfg.precision == "fp8":
+                fp8.convert_linears(teacher, self.device)
             compile_model(teacher, cfg.compile, distributed=self.ctx.enabled)
             if not sharded:
                 teacher.to(self.device)
@@ -701,6 +710,7 @@ class Trainer:
             if not self.ctx.is_main:
                 return None
             model = module.model
+            fp8.restore_linears(model)  # export plain nn.Linear layers, not torchao's
         else:
             state, _ = distributed.full_state(self.module, None, self.ctx)
             if not self.ctx.is_main:

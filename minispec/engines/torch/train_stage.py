@@ -149,9 +149,7 @@ def _run_training(
     if teacher_dir is not None and (cfg.loss.alpha > 0 or cfg.loss.intermediate):
         # the teacher only runs forward: hold it in the compute dtype (bf16 on GPU)
         teacher_dtype = (
-            torch.bfloat16
-            if cfg.precision == "bf16" and ctx.device.type == "cuda"
-            else torch.float32
+            torch.bfloat16 if cfg.bf16_autocast and ctx.device.type == "cuda" else torch.float32
         )
         teacher = load_model(
             teacher_dir, dtype=teacher_dtype, device=load_device, trust_remote_code=trust
