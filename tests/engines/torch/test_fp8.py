@@ -14,7 +14,7 @@ from torchao.float8.float8_linear import Float8Linear
 
 from minispec import layout
 from minispec.engines.torch import fp8
-from minispec.engines.torch.train import LossConfig, TrainConfig, Trainer, fit
+from minispec.engines.torch.train import LossConfig, Trainer, fit
 from minispec.engines.torch.windows import TokenWindows
 
 CPU = torch.device("cpu")
@@ -63,20 +63,10 @@ def windows(tmp_path_factory, wikitext_dir):
 
 def distill(precision: str, teacher, windows) -> tuple[Trainer, list[float]]:
     train, val = windows
-    cfg = TrainConfig(
-        stage="distill@small",
-        section="distill",
+    cfg = ts.train_config(
         steps=8,
-        global_batch_size=8,
-        micro_batch_size=4,
-        seq_length=ts.SEQ,
-        lr=3e-3,
-        min_lr=3e-4,
-        warmup_steps=2,
         val_interval=4,
-        val_batches=1,
         checkpoint_interval=8,
-        seed=7,
         precision=precision,
         loss=LossConfig(alpha=1.0, temperature=1.0),
     )

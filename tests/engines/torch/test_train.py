@@ -18,7 +18,6 @@ from minispec.engines.torch.distributed import DistContext
 from minispec.engines.torch.train import (
     BatchPlan,
     LossConfig,
-    TrainConfig,
     Trainer,
     fit,
     lr_at,
@@ -57,24 +56,7 @@ def trained_teacher(tmp_path_factory, wikitext_dir, tokenizer):
     return load_model(root / layout.CORRECTED_TEACHER_DIR)
 
 
-def config(**overrides) -> TrainConfig:
-    base = dict(
-        stage="distill@small",
-        section="distill",
-        steps=6,
-        global_batch_size=8,
-        micro_batch_size=4,
-        seq_length=ts.SEQ,
-        lr=3e-3,
-        min_lr=3e-4,
-        warmup_steps=2,
-        val_interval=3,
-        val_batches=1,
-        checkpoint_interval=2,
-        seed=7,
-    )
-    base.update(overrides)
-    return TrainConfig(**base)
+config = ts.train_config
 
 
 # --------------------------------------------------------------------------------------------

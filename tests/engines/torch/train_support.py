@@ -104,6 +104,30 @@ def save_hf(model, tokenizer, path: Path) -> None:
     save_model(model, tokenizer, path)
 
 
+def train_config(**overrides):
+    """A small distill TrainConfig: 6 steps of 8 windows in micro batches of 4, validation
+    every 3 steps, a checkpoint every 2."""
+    from minispec.engines.torch.train import TrainConfig
+
+    base = dict(
+        stage="distill@small",
+        section="distill",
+        steps=6,
+        global_batch_size=8,
+        micro_batch_size=4,
+        seq_length=SEQ,
+        lr=3e-3,
+        min_lr=3e-4,
+        warmup_steps=2,
+        val_interval=3,
+        val_batches=1,
+        checkpoint_interval=2,
+        seed=7,
+    )
+    base.update(overrides)
+    return TrainConfig(**base)
+
+
 def tiny_teacher(tokenizer, layers: int = 4, seed: int = 0, **overrides):
     sys.path.insert(0, str(REPO / "tests"))
     from tiny_models import make_tiny_model, tiny_config
