@@ -5,6 +5,9 @@ and GEMMs with the same scaling and rounding as on a GPU, so the numerics are th
 from __future__ import annotations
 
 import copy
+import json
+import shutil
+import sys
 
 import pytest
 import torch
@@ -16,6 +19,7 @@ from minispec import layout
 from minispec.engines.torch import fp8
 from minispec.engines.torch.train import LossConfig, Trainer, fit
 from minispec.engines.torch.windows import TokenWindows
+from minispec.fsio import read_metrics_record
 
 CPU = torch.device("cpu")
 
@@ -95,3 +99,52 @@ def test_fp8_distillation_follows_bf16_and_exports_plain_hf(windows):
     assert fp8_layers(exported) == []
     reference = bf16.trained_model(dtype=torch.float32)
     assert exported.state_dict().keys() == reference.state_dict().keys()
+
+
+@pytest.mark.slow
+def test_fp8_on_two_ranks_matches_one(tmp_path, windows, wikitext_dir):
+    """FSDP2 shards the FP8 layers' weights; each rank's micro batches see the same scales as
+    one process's, so the loss curves agree (gloo on the CPU, torchao's emulation)."""
+    torch.set_num_threads(1)
+    tokenizer, _ = windows
+    distill = {
+        "steps": 4,
+        "global_batch_size": 8,
+        "micro_batch_size": 2,
+        "val_interval": 2,
+        "val_batches": 1,
+        "loss": {"alpha": 1.0},
+    }
+    root = tmp_path / "one"
+    ts.make_pipeline(root, wikitext_dir, tokenizer, ts.base_spec(finetune=None, distill=distill))
+    ts.save_hf(
+        ts.tiny_teacher(tokenizer, layers=2, seed=5), tokenizer, root / layout.pruned_dir("small")
+    )
+    params = json.loads((root / "params.yaml").read_text())
+    params["resources"]["precision"] = "fp8"
+    ts.write_params(root, params)
+    two = shutil.copytree(root, tmp_path / "two", copy_function=shutil.copy2)
+    params["resources"].update({"devices": 2, "strategy": "fsdp"})
+    ts.write_params(two, params)
+
+    assert ts.run_stage_process(root, "distill", "small", timeout=600).returncode == 0
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+    ]
+    result = ts.run_group(
+        [*command, "-m", "minispec", "stage", "distill", "small"], two, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+
+    record = read_metrics_record(two, "distill@small")
+    assert (record["world_size"], record["precision"]) == (2, "fp8")
+    path = layout.train_curve_path("distill@small")
+    one_curve, two_curve = ts.curve(root / path), ts.curve(two / path)
+    assert [step for step, _ in one_curve] == [step for step, _ in two_curve]
+    for (_, a), (_, b) in zip(one_curve, two_curve, strict=True):
+        assert a == pytest.approx(b, rel=1e-4)
