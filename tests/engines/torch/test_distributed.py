@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 
 import pytest
 import torch
@@ -60,19 +59,7 @@ def test_two_processes_match_one_with_the_same_global_batch(base, strategy, tmp_
     spec = json.loads((multi / "params.yaml").read_text())
     spec["resources"].update({"devices": 2, "strategy": strategy})
     ts.write_params(multi, spec)
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node",
-        "2",
-        "-m",
-        "minispec",
-        "stage",
-        "distill",
-        "small",
-    ]
+    command = ts.torchrun_stage_command("distill", "small")
     result = ts.run_group(command, multi, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
 

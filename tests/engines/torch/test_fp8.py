@@ -7,7 +7,6 @@ from __future__ import annotations
 import copy
 import json
 import shutil
-import sys
 
 import pytest
 import torch
@@ -128,17 +127,7 @@ def test_fp8_on_two_ranks_matches_one(tmp_path, windows, wikitext_dir):
     ts.write_params(two, params)
 
     assert ts.run_stage_process(root, "distill", "small", timeout=600).returncode == 0
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node",
-        "2",
-    ]
-    result = ts.run_group(
-        [*command, "-m", "minispec", "stage", "distill", "small"], two, timeout=600
-    )
+    result = ts.run_group(ts.torchrun_stage_command("distill", "small"), two, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
 
     record = read_metrics_record(two, "distill@small")

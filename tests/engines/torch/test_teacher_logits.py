@@ -8,7 +8,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -287,8 +286,7 @@ def test_two_gloo_processes_write_and_read_their_shares(pipeline, tmp_path):
     spec = json.loads((multi / "params.yaml").read_text())
     spec["resources"].update({"devices": 2, "strategy": "ddp"})
     set_spec(multi, spec)
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "minispec", "stage"]  # fmt: skip
-    done = ts.run_group(torchrun + ["teacher_logits"], multi, timeout=600)
+    done = ts.run_group(ts.torchrun_stage_command("teacher_logits"), multi, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
 
     one = TeacherLogits(pipeline / layout.TEACHER_LOGITS_DIR)
@@ -299,7 +297,7 @@ def test_two_gloo_processes_write_and_read_their_shares(pipeline, tmp_path):
     assert torch.equal(a.indices, b.indices) and torch.equal(a.tail, b.tail)
     assert torch.equal(a.logprobs, b.logprobs)
 
-    done = ts.run_group(torchrun + ["distill", "small"], multi, timeout=600)
+    done = ts.run_group(ts.torchrun_stage_command("distill", "small"), multi, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
     name = "distill@small"
     for path in (layout.train_curve_path(name), layout.val_curve_path(name)):

@@ -223,6 +223,12 @@ def stage_command(name: str, variant: str | None = None) -> list[str]:
     return [sys.executable, "-m", "minispec", "stage", name] + ([variant] if variant else [])
 
 
+def torchrun_stage_command(name: str, variant: str | None = None, ranks: int = 2) -> list[str]:
+    """``minispec stage NAME [VARIANT]`` as ``ranks`` torchrun processes on this machine."""
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    return [*launcher, "--nproc-per-node", str(ranks), *stage_command(name, variant)[1:]]
+
+
 def run_stage_process(
     root: Path, name: str, variant: str | None = None, **kwargs
 ) -> subprocess.CompletedProcess:
