@@ -13,7 +13,8 @@ compares it with measured runs, ``benchmarks/RESULTS.md``):
 - teacher (distill): forward only, in bf16 on GPU (fp32 on CPU);
 - activations kept for backward, per token per decoder layer, SwiGLU Llama layout:
   ``8·h + 2·kv + 4·f`` elements in the compute dtype plus two fp32 norm inputs (``2·h``·4 B);
-  with activation checkpointing only each layer's input is kept (plus one layer's worth);
+  with activation checkpointing only each checkpointed layer's input is kept (plus one layer's
+  worth when any is);
 - logits: per token ``V`` elements × bytes (the trainer's chunked KD loss: student logits and
   their gradient in the compute dtype, teacher logits, an fp32 chunk; a plain loop that
   materialises fp32 logits, softmaxes and gradients holds about 22 B per element);
@@ -118,13 +119,20 @@ class StagePlan:
 # memory and FLOPs of one step
 
 
-def activation_bytes(shape: Shape, tokens: int, compute_bytes: int, checkpointing: bool) -> float:
+def activation_bytes(
+    shape: Shape, tokens: int, compute_bytes: int, checkpointing: bool | int
+) -> float:
+    """``checkpointing``: True (every layer), or how many layers are checkpointed (0: none)."""
     per_layer_token = (
         8 * shape.hidden + 2 * shape.groups * shape.head_dim + 4 * shape.ffn
     ) * compute_bytes + 2 * shape.hidden * 4
-    if checkpointing:  # each layer's input, plus one layer recomputed at a time
-        return tokens * (shape.layers * shape.hidden * compute_bytes + per_layer_token)
-    return tokens * shape.layers * per_layer_token
+    checkpointed = shape.layers if checkpointing is True else min(int(checkpointing), shape.layers)
+    # a checkpointed layer keeps its input, the others everything; one layer is recomputed at
+    # a time when any is checkpointed
+    stored = checkpointed * shape.hidden * compute_bytes + (shape.layers - checkpointed) * (
+        per_layer_token
+    )
+    return tokens * (stored + (per_layer_token if checkpointed else 0))
 
 
 def training_memory(
@@ -137,7 +145,7 @@ def training_memory(
     devices: int = 1,
     strategy: str = "fsdp",
     precision: str = "auto",
-    checkpointing: bool = False,
+    checkpointing: bool | int = False,
     logit_bytes: float | None = None,
 ) -> dict[str, float]:
     bf16 = device.gpu and precision != "fp32"
@@ -240,7 +248,9 @@ def student_shape(teacher: Shape, variant, shapes) -> Shape:
 # the plan
 
 
-def plan_spec(spec, shapes, device: Device, *, checkpointing: bool = False) -> list[StagePlan]:
+def plan_spec(
+    spec, shapes, device: Device, *, checkpointing: bool | int = False
+) -> list[StagePlan]:
     from minispec.compile.graph import build_graph
 
     teacher = teacher_shape(shapes)

@@ -130,3 +130,36 @@ def test_h200_kd_step_memory_and_speed_within_bounds():
     assert abs(memory / (29.5 * GiB) - 1) <= 0.25  # measured peak, benchmarks/kd_throughput.py
     tokens_per_second = h200.effective_flops / training_flops_per_token(student, teacher, 2048)
     assert abs(tokens_per_second / 44940 - 1) <= 0.5
+
+
+def test_checkpointing_some_layers_keeps_the_rest_of_the_activations():
+    """`resources.activation_checkpointing: N`: N layers keep their input, the others all of
+    their activations, so memory falls linearly from none to all (the seed's student shape)."""
+    from minispec.plan import activation_bytes
+
+    student = Shape(32, 3072, 9216, 32, 8, 128, 128256, False)
+    tokens = 8192
+
+    def activations(setting):
+        return activation_bytes(student, tokens, 2, setting)
+
+    none, every = activations(False), activations(True)
+    assert activations(0) == none and activations(32) == every and activations(99) == every
+    assert every < activations(24) < activations(16) < activations(8) < none
+    # each layer left out adds the same amount
+    step = activations(15) - activations(16)
+    assert step > 0 and activations(7) - activations(8) == pytest.approx(step)
+
+
+@pytest.mark.parametrize(("value", "valid"), [(True, True), (0, True), (16, True), (-1, False)])
+def test_activation_checkpointing_is_a_switch_or_a_layer_count(value, valid):
+    from pydantic import ValidationError
+
+    from minispec.spec.model import ResourcesSpec
+
+    if valid:  # true stays a switch (not the count 1), a count stays a count
+        got = ResourcesSpec(activation_checkpointing=value).activation_checkpointing
+        assert got == value and type(got) is type(value)
+    else:
+        with pytest.raises(ValidationError):
+            ResourcesSpec(activation_checkpointing=value)

@@ -542,8 +542,10 @@ class ResourcesSpec(StrictModel):
             "Training precision: `auto` is bf16 autocast on GPU and fp32 on CPU. `fp8` (torch "
             "engine, `pip install 'minispec[fp8]'`): bf16 autocast with the decoder layers' "
             "matmuls (student and teacher) as FP8 GEMMs with dynamic per-tensor scales "
-            "(torchao); the LM head and embeddings stay bf16. Needs a GPU of compute capability "
-            "8.9+ (Ada, Hopper, Blackwell); on a CPU the FP8 numerics are emulated, slowly."
+            "(torchao); the LM head and embeddings stay bf16. Use it with `compile: on`, which "
+            "fuses its casts (uncompiled it is slower than bf16). Needs a GPU of compute "
+            "capability 8.9+ (Ada, Hopper, Blackwell); on a CPU the FP8 numerics are emulated, "
+            "slowly."
         ),
     )
     strategy: Literal["fsdp", "ddp"] = Field(
@@ -554,7 +556,8 @@ class ResourcesSpec(StrictModel):
         default="auto",
         description=(
             "torch.compile the models in the torch engine's training stages (the whole model on "
-            "one GPU, each decoder layer on several). Compiling costs a minute or two per stage "
+            "one GPU, each decoder layer on several or under activation checkpointing) and the "
+            "distillation loss's chunks. Compiling costs a minute or two per stage "
             "and pays in runs of more than about ten minutes; `auto` leaves it off. Does not "
             "change what is computed, only how fast. The importance and evaluate stages stay "
             "eager: at their sizes compiling costs 25-60x what it saves "
@@ -570,12 +573,16 @@ class ResourcesSpec(StrictModel):
             "to plain execution, with a warning, when a model cannot be captured."
         ),
     )
-    activation_checkpointing: bool = Field(
+    activation_checkpointing: bool | Annotated[int, Field(ge=0)] = Field(
         default=False,
         description=(
             "Recompute the student's decoder-layer activations in the backward pass instead of "
             "storing them (the torch engine): about a third more compute for far less activation "
-            "memory, for long sequences or large students."
+            "memory, for long sequences or large students. `true`: every layer; a number N: the "
+            "first N layers only (all of them when the student has fewer), which recomputes less "
+            "when part of the activations fit: each layer left out costs about one layer's "
+            "activations of memory and saves its share of the recompute (`minispec plan` shows "
+            "the memory)."
         ),
     )
 

@@ -19,6 +19,7 @@ from minispec.engines.torch.train import (
     BatchPlan,
     LossConfig,
     Trainer,
+    checkpoint_layers,
     fit,
     lr_at,
     validation_windows,
@@ -143,6 +144,39 @@ def test_gradient_accumulation_matches_one_big_batch(windows, trained_teacher):
         "intermediate_loss",
         "lr",
     }
+
+
+def test_activation_checkpointing_of_some_layers_gives_the_same_training(windows, trained_teacher):
+    """`resources.activation_checkpointing: N` recomputes the first N layers only (True: all,
+    more than there are: all); the recompute changes no number of the run."""
+    student = _student(trained_teacher)  # 2 layers
+    flags = lambda model: [layer.gradient_checkpointing for layer in model.model.layers]  # noqa: E731
+    assert checkpoint_layers(copy.deepcopy(student), 0) == 0
+    partial = copy.deepcopy(student)
+    assert checkpoint_layers(partial, 1) == 1 and flags(partial) == [True, False]
+    everything = copy.deepcopy(student)
+    assert checkpoint_layers(everything, True) == 2 and flags(everything) == [True, True]
+    assert checkpoint_layers(copy.deepcopy(student), 9) == 2
+
+    train, val = windows
+    runs = []
+    for setting in (False, 1, True):
+        trainer = Trainer(
+            config(steps=3, activation_checkpointing=setting, loss=LossConfig(alpha=0.5)),
+            copy.deepcopy(student),
+            copy.deepcopy(trained_teacher),
+            vocab_size=256,
+        )
+        runs.append((trainer, fit(trainer, train, val)))
+    (plain, plain_run), *others = runs
+    for trainer, run in others:
+        assert [r["loss"] for r in run.history["train"]] == pytest.approx(
+            [r["loss"] for r in plain_run.history["train"]], rel=1e-6
+        )
+        for (name, a), (_, b) in zip(
+            trainer.module.named_parameters(), plain.module.named_parameters(), strict=True
+        ):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7, msg=name)
 
 
 def test_train_loss_is_the_mixed_objective(windows, trained_teacher):
