@@ -62,6 +62,22 @@ def fp8_on_cpu(loaded) -> Iterator[Problem]:
         )
 
 
+@reads("resources", "engine")
+def fp8_without_compile(loaded) -> Iterator[Problem]:
+    """Uncompiled FP8 is slower than bf16: each FP8 linear is a dozen small cast and scale
+    kernels that only torch.compile fuses (one H200: 0.55–0.60× the plain bf16 loop without
+    compile, 1.40–1.43× with it; benchmarks/RESULTS.md, issue 11)."""
+    res = loaded.spec.resources
+    if res.precision == "fp8" and res.accelerator != "cpu" and res.compile != "on":
+        yield loaded.locate(
+            ("resources", "precision"),
+            "precision: fp8 without resources.compile: on is slower than bf16 (its casts run "
+            "as separate kernels)",
+            hint="set resources.compile: on with precision: fp8, or use precision: bf16",
+            severity="warning",
+        )
+
+
 @reads("engine")
 def nemo_block(loaded) -> Iterator[Problem]:
     if loaded.raw.get("nemo") is not None:
@@ -81,4 +97,11 @@ def parameter_budget(loaded) -> Iterator[Problem]:
     yield from check_any_engine(loaded)
 
 
-RULES = (teacher_architecture, parallelism, fp8_on_cpu, nemo_block, parameter_budget)
+RULES = (
+    teacher_architecture,
+    parallelism,
+    fp8_on_cpu,
+    fp8_without_compile,
+    nemo_block,
+    parameter_budget,
+)
