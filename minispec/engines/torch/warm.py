@@ -195,7 +195,7 @@ def preload() -> None:
     """Import what the torch stages import, without running a tensor operation or touching CUDA."""
     import importlib
 
-    import torch  # noqa: F401
+    import torch
     import transformers
 
     from minispec.steps import STEPS
@@ -210,6 +210,15 @@ def preload() -> None:
     for optional in ("dvclive", "gguf", "safetensors.torch"):
         with contextlib.suppress(ImportError):
             importlib.import_module(optional)
+    # torchao (the fp8 extra) reads the GPU's compute capability when transformers imports it
+    # (torchao 0.18: prototype MX kernels, via transformers' torchao quantizer). That initialises
+    # CUDA here, and a forked child can then not use the GPU ("Cannot re-initialize CUDA in
+    # forked subprocess", seen on an H200): refuse to serve, so that every stage starts cold.
+    if torch.cuda.is_initialized():
+        raise RuntimeError(
+            "CUDA was initialised while importing the stage modules; a forked stage could not "
+            "use the GPU, so every stage starts cold"
+        )
 
 
 def serve(path: Path, owner: int, run_cli: Callable[[list[str]], int]) -> None:
