@@ -112,3 +112,18 @@ def test_without_a_temporary_directory_stages_start_cold(tmp_path, monkeypatch):
     monkeypatch.setattr(tempfile, "tempdir", str(blocked))
     with stage_server() as env:
         assert env == {}
+
+
+def test_the_server_refuses_to_serve_once_cuda_is_initialised(monkeypatch):
+    """A library that initialises CUDA at import (torchao 0.18, imported by transformers, on a
+    GPU machine) would leave every forked stage unable to use the GPU: the server must not
+    start then, so the stages run cold. This machine has no GPU to initialise, so CUDA's state
+    is what is set here."""
+    import torch
+
+    from minispec.engines.torch import warm
+
+    warm.preload()  # the real imports, which leave CUDA alone here
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    with pytest.raises(RuntimeError, match="CUDA was initialised"):
+        warm.preload()
