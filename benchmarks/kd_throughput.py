@@ -214,15 +214,17 @@ def peak_matmul_flops(device: torch.device, dtype: torch.dtype, size: int) -> fl
     return 2 * size**3 * repeats / (time.perf_counter() - start)
 
 
-def time_steps(step, device: torch.device, warmup: int, steps: int) -> float:
-    for _ in range(warmup):
-        step()
+def time_steps(step, device: torch.device, warmup: int, steps: int) -> dict:
+    """Seconds per timed step, and every step's loss (read after the clock stops: no host sync
+    inside the timed loop). Both loops start from the same weights and see the same batch, so
+    their loss sequences compare the arithmetic (bf16 vs FP8, chunked vs full logits)."""
+    losses = [step() for _ in range(warmup)]
     synchronize(device)
     start = time.perf_counter()
-    for _ in range(steps):
-        step()
+    losses += [step() for _ in range(steps)]
     synchronize(device)
-    return (time.perf_counter() - start) / steps
+    seconds = (time.perf_counter() - start) / steps
+    return {"seconds_per_step": seconds, "losses": [float(loss) for loss in losses]}
 
 
 def run_ours(shape, args, device, precision, data) -> dict:
@@ -258,8 +260,10 @@ def run_ours(shape, args, device, precision, data) -> dict:
     )
     trainer = Trainer(cfg, student, teacher, vocab_size=shape["vocab"])
     samples = data.cpu()
-    seconds = time_steps(lambda: trainer.train_step(samples, 1e-5), device, args.warmup, args.steps)
-    result = {"seconds_per_step": seconds}
+    # train_step returns (loss, kd, ce, intermediate) token means: keep the loss
+    result = time_steps(
+        lambda: trainer.train_step(samples, 1e-5)[0].clone(), device, args.warmup, args.steps
+    )
     if args.profile:
         result["profile"] = profile_steps(
             lambda: trainer.train_step(samples, 1e-5), device, args.profile
@@ -337,8 +341,9 @@ def run_baseline(shape, args, device, precision, data) -> dict:
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
 
-    result = {"seconds_per_step": time_steps(step, device, args.warmup, args.steps)}
+    result = time_steps(step, device, args.warmup, args.steps)
     if args.profile:
         result["profile"] = profile_steps(step, device, args.profile)
     return result
@@ -384,8 +389,12 @@ def main(argv=None) -> int:
     )
     parser.add_argument(
         "--checkpointing",
-        action="store_true",
-        help="activation checkpointing in our trainer (resources.activation_checkpointing)",
+        nargs="?",
+        type=int,
+        const=True,
+        default=False,
+        metavar="LAYERS",
+        help="activation checkpointing in our trainer (resources.activation_checkpointing): every layer, or the first LAYERS",
     )
     parser.add_argument(
         "--ours-fp8",
@@ -504,6 +513,8 @@ def print_table(report: dict) -> None:
         )
     if "speedup" in report:
         print(f"ours / baseline: {report['speedup']:.3f}×")
+    for name, r in report["results"].items():
+        print(f"{name} loss per step: " + " ".join(f"{loss:.4f}" for loss in r["losses"]))
 
 
 if __name__ == "__main__":
