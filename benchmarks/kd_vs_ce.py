@@ -111,7 +111,9 @@ def parse_layers(text: str) -> list[int]:
 # runs
 
 
-def train_config(args, stage: str, alpha: float | None) -> TrainConfig:
+def train_config(args, stage: str, alpha: float | None, precision: str = "auto") -> TrainConfig:
+    if precision == "auto":
+        precision = "bf16" if torch.cuda.is_available() else "fp32"
     return TrainConfig(
         stage=stage,
         section="distill" if alpha is not None else "finetune",
@@ -126,7 +128,7 @@ def train_config(args, stage: str, alpha: float | None) -> TrainConfig:
         val_batches=args.val_batches,
         checkpoint_interval=10**9,
         seed=args.seed,
-        precision="bf16" if torch.cuda.is_available() else "fp32",
+        precision=precision,
         loss=None if alpha is None else LossConfig(kind="logits_kl", temperature=1.0, alpha=alpha),
     )
 
@@ -173,6 +175,12 @@ def main(argv=None) -> int:
         "--alphas",
         default="1,0",
         help="KD weights to compare (1 = KD only, 0 = CE only, between: a mix)",
+    )
+    parser.add_argument(
+        "--precisions",
+        default="auto",
+        help="distil each alpha in each of these resources.precision values (auto, fp32, bf16, "
+        "fp8), e.g. bf16,fp8 to compare FP8's loss curve with bf16's from the same weights",
     )
     parser.add_argument(
         "--save-corrected",
@@ -247,15 +255,22 @@ def main(argv=None) -> int:
     result["student_initial_val_loss"] = validation_loss(
         load_model(args.student, dtype=torch.float32, device=device), base_cfg, val, vocab
     )
-    runs = {run_name(float(a)): float(a) for a in args.alphas.split(",")}
-    for name, alpha in runs.items():
+    precisions = args.precisions.split(",")
+    runs = {
+        run_name(float(a), precision if len(precisions) > 1 else None): (float(a), precision)
+        for a in args.alphas.split(",")
+        for precision in precisions
+    }
+    for name, (alpha, precision) in runs.items():
         start = time.time()
-        cfg = train_config(args, name, alpha)
+        cfg = train_config(args, name, alpha, precision)
         student = load_model(args.student, dtype=torch.float32, device=device)
         trainer = Trainer(cfg, student, copy.deepcopy(teacher), vocab_size=vocab)
         run = fit(trainer, train, val)
         result[name] = {
             "alpha": alpha,
+            "precision": cfg.precision,
+            "train": [(r["step"], r["loss"]) for r in run.history["train"]],
             "val": [(r["step"], r["loss"]) for r in run.history["val"]],
             "final_val_loss": run.history["val"][-1]["loss"],
             "final_train_loss": run.history["train"][-1]["loss"],
@@ -277,13 +292,16 @@ def main(argv=None) -> int:
             f"  teacher corrected ({args.finetune_steps} steps)   {result['corrected_teacher_val_loss']:.4f}"
         )
     print(f"  student before training      {result['student_initial_val_loss']:.4f}")
-    for name, alpha in runs.items():
-        print(f"  student, {name:<6s} (alpha {alpha:g})  {result[name]['final_val_loss']:.4f}")
+    for name, (alpha, _) in runs.items():
+        print(
+            f"  student, {name:<6s} (alpha {alpha:g}, {result[name]['precision']})  {result[name]['final_val_loss']:.4f}"
+        )
     return 0
 
 
-def run_name(alpha: float) -> str:
-    return {1.0: "kd", 0.0: "ce"}.get(alpha, f"mix{alpha:g}")
+def run_name(alpha: float, precision: str | None = None) -> str:
+    name = {1.0: "kd", 0.0: "ce"}.get(alpha, f"mix{alpha:g}")
+    return f"{name}-{precision}" if precision else name
 
 
 if __name__ == "__main__":
