@@ -33,6 +33,7 @@ import os
 from dataclasses import dataclass, field
 
 from minispec.engines import get_engine
+from minispec.spec.model import checkpointed_layers
 
 GiB = 1024**3
 
@@ -126,7 +127,7 @@ def activation_bytes(
     per_layer_token = (
         8 * shape.hidden + 2 * shape.groups * shape.head_dim + 4 * shape.ffn
     ) * compute_bytes + 2 * shape.hidden * 4
-    checkpointed = shape.layers if checkpointing is True else min(int(checkpointing), shape.layers)
+    checkpointed = checkpointed_layers(checkpointing, shape.layers)
     # a checkpointed layer keeps its input, the others everything; one layer is recomputed at
     # a time when any is checkpointed
     stored = checkpointed * shape.hidden * compute_bytes + (shape.layers - checkpointed) * (

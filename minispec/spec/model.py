@@ -587,6 +587,13 @@ class ResourcesSpec(StrictModel):
     )
 
 
+def checkpointed_layers(setting: bool | int, layers: int) -> int:
+    """How many of a student's ``layers`` decoder layers ``resources.activation_checkpointing``
+    checkpoints: all for ``true``, the first N for a number N (all when there are fewer), none
+    for ``false`` or 0."""
+    return layers if setting is True else min(int(setting), layers)
+
+
 class SlurmSpec(StrictModel):
     """Slurm settings for `nemo.launcher: slurm`."""
 

@@ -199,19 +199,16 @@ class _ChunkedLogitsObjective(torch.autograd.Function):
         ignore_index = divergence.ignore_index if divergence is not None else IGNORE_INDEX
         analytic = teacher is None or type(divergence) is ForwardKLLoss
         chunk_objective = _analytic_chunk if analytic else _autograd_chunk
-        # compiled: the chunk gets the logits in their own dtype and returns its gradient in
-        # it, so the fp32 casts fuse into its kernels instead of being passes of their own
-        fused = compiled and analytic
-        if fused:
+        if compiled and analytic:
+            # the gradient comes back in the logits' dtype: its cast fuses into the kernels too
             chunk_objective = functools.partial(
                 _compiled_analytic_chunk(), grad_dtype=student.dtype
             )
 
         def chunk(start, end, logits, chunk_labels, mask):
-            teacher_chunk = teacher[start:end, :vocab_size] if teacher is not None else None
             return chunk_objective(
                 logits,
-                teacher_chunk.float() if teacher_chunk is not None and not fused else teacher_chunk,
+                teacher[start:end, :vocab_size] if teacher is not None else None,
                 chunk_labels,
                 mask,
                 divergence,
@@ -229,7 +226,6 @@ class _ChunkedLogitsObjective(torch.autograd.Function):
             chunk_tokens,
             grad if need_grad else None,
             chunk,
-            upcast=not fused,
         )
         return finish_objective(ctx, grad, kd_sum, ce_sum, kd_weight, ce_weight, scale)
 
@@ -240,14 +236,13 @@ class _ChunkedLogitsObjective(torch.autograd.Function):
         return grad.mul_(grad_total.to(grad.dtype)), *([None] * 9)
 
 
-def accumulate_chunks(
-    student, labels, ignore_index, vocab_size, chunk_tokens, grad, chunk, *, upcast=True
-):
+def accumulate_chunks(student, labels, ignore_index, vocab_size, chunk_tokens, grad, chunk):
     """The chunk loop shared by the dense and the sparse objective.
 
     ``student`` ``[N, V_s]``, ``labels`` ``[N]``. ``chunk(start, end, logits, labels, mask)``
-    gets the chunk's logits ``[n, V]`` (fp32, or in their own dtype when not ``upcast``), its
-    labels (masked ones replaced by 0) and mask ``[n]`` and returns (KD token sum, CE token sum,
+    gets the chunk's logits ``[n, V]`` in their own dtype (each chunk function computes in
+    fp32: the cast is then one of its own passes, fused when it is compiled), its labels
+    (masked ones replaced by 0) and mask ``[n]`` and returns (KD token sum, CE token sum,
     gradient ``[n, V]`` or None); gradients are written into ``grad`` (cast to the logits'
     dtype) when it is given. Returns the two sums.
     """
@@ -260,9 +255,7 @@ def accumulate_chunks(
             kd_chunk, ce_chunk, chunk_grad = chunk(
                 start,
                 end,
-                student[start:end, :vocab_size].float()  # [n, V] fp32
-                if upcast
-                else student[start:end, :vocab_size],
+                student[start:end, :vocab_size],  # [n, V]
                 chunk_labels.masked_fill(chunk_labels == ignore_index, 0),
                 (chunk_labels != ignore_index).to(torch.float32),  # [n]
             )
@@ -352,8 +345,8 @@ def _autograd_chunk(
 ):
     """Any divergence: the chunk's objective differentiated by autograd (same returns)."""
     with torch.enable_grad():
-        logits = logits.detach().requires_grad_(need_grad)
-        kd_tokens, student_logprobs = divergence.token_loss(logits, teacher)
+        logits = logits.detach().float().requires_grad_(need_grad)
+        kd_tokens, student_logprobs = divergence.token_loss(logits, teacher.float())
         kd_chunk = (kd_tokens * mask).sum()
         ce_logprobs = (
             student_logprobs if divergence.temperature == 1.0 else F.log_softmax(logits, dim=-1)

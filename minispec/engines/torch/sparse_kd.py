@@ -185,10 +185,11 @@ def _analytic_chunk(
 ):
     """Bucket forward KL and CE of one chunk with their closed-form gradient.
 
-    ``logits`` fp32 ``[n, V]``; ``indices`` ``[n, K]``; ``teacher`` bucket log-probs at T
+    ``logits`` ``[n, V]`` (computed on in fp32); ``indices`` ``[n, K]``; ``teacher`` bucket log-probs at T
     ``[n, K + 1]``; ``labels``, ``mask`` ``[n]``. ``d(T² KL)/ds = T (p − q̃)`` (module docstring).
     """
     t = divergence.temperature
+    logits = logits.float()
     student_logprobs, student_buckets = bucket_logprobs(logits, indices, t)
     teacher_probs = teacher.exp()  # [n, K + 1]
     # 0 · log 0 terms: teacher_probs is exactly 0 there and both bucket log-probs are finite
@@ -225,7 +226,7 @@ def _autograd_chunk(
     """Any divergence on the K + 1 buckets, differentiated by autograd (same returns)."""
     t = divergence.temperature
     with torch.enable_grad():
-        logits = logits.detach().requires_grad_(need_grad)
+        logits = logits.detach().float().requires_grad_(need_grad)
         student_logprobs, student_buckets = bucket_logprobs(logits, indices, t)
         kd_tokens = divergence.divergence(student_buckets, teacher) * (t * t)
         kd_chunk = (kd_tokens * mask).sum()

@@ -63,6 +63,7 @@ from minispec.engines.torch.losses import (
 from minispec.engines.torch.tracking import Recorder
 from minispec.engines.torch.windows import TokenWindows, permutation, sample_window
 from minispec.errors import StageError
+from minispec.spec.model import checkpointed_layers
 from minispec.timing import StartupPhases
 
 if TYPE_CHECKING:
@@ -789,7 +790,7 @@ def checkpoint_layers(model: nn.Module, setting: bool | int) -> int:
     student that nearly fits checkpoints only what it must (Megatron's ``recompute_num_layers``).
     """
     layers = model.model.layers
-    count = len(layers) if setting is True else min(int(setting), len(layers))
+    count = checkpointed_layers(setting, len(layers))
     if count == 0:
         return 0
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
