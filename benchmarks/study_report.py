@@ -132,7 +132,7 @@ def table(runs) -> list[str]:
             val, test = model.number("validation_loss"), model.number("test_loss")
             ratio = f"{val / reference:.3f}" if val and reference else "–"
             lines.append(
-                f"| – | {model.label} | core | – | – | {fmt(val)} | {fmt(test)} | {ratio} |"
+                f"| – | {model.label} | core | – | – | – | {fmt(val)} | {fmt(test)} | {ratio} |"
             )
     for _, (title, rows) in FINDINGS.items():
         for label, run, variant in rows:
